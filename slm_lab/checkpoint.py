@@ -1,0 +1,117 @@
+"""Checkpoints: weights as safetensors, config and tokenizer as JSON, every file written atomically.
+
+A checkpoint directory holds
+  model.safetensors   the weights (a tied output head is stored once)
+  config.json         {"model": SLMConfig fields, "meta": anything else (preset, step, val loss...)}
+  tokenizer.json      the tokenizer, when one was given
+  trainer_state.pt    optimizer, step, RNG state and history — only needed to resume training
+Each file is written to a temporary name and renamed, so a crash never leaves a half-written file
+and never destroys the previous checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import SLMLabError
+from .model import SLM, SLMConfig
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def _atomic(path: Path, writer) -> None:
+    """Run writer(tmp_path) and move the result into place only if it succeeded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(directory: str | Path, model: SLM, tokenizer=None, meta: dict | None = None,
+                    trainer_state: dict | None = None) -> Path:
+    """Write a checkpoint directory (see the module docstring) and return its path."""
+    directory = Path(directory)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.cfg.tie_weights:
+        state.pop("lm_head.weight", None)
+    _atomic(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
+    config = {"model": model.cfg.to_dict(), "meta": meta or {}}
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
+    if tokenizer is not None:
+        atomic_write_text(directory / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+    if trainer_state is not None:
+        _atomic(directory / "trainer_state.pt", lambda tmp: torch.save(trainer_state, tmp))
+    return directory
+
+
+@dataclass
+class Checkpoint:
+    model: SLM
+    tokenizer: object | None
+    meta: dict
+    path: Path
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load model (eval mode), tokenizer and meta from a checkpoint directory."""
+    from .tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SLMLabError(f"no checkpoint directory at {directory}; train one with "
+                          f"`slm-lab train --preset tiny --out {directory}` or check the path.")
+    for name in ("config.json", "model.safetensors"):
+        if not (directory / name).is_file():
+            raise SLMLabError(f"{directory} is not a complete checkpoint: {name} is missing; "
+                              "point at a directory written by save_checkpoint or `slm-lab train`.")
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        cfg = SLMConfig.from_dict(config["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SLMLabError(f"{directory / 'config.json'} is unreadable ({exc}); re-save the checkpoint.") from None
+    model = SLM(cfg)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise SLMLabError(f"{directory / 'model.safetensors'} is corrupt ({exc}); re-save the checkpoint.") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (cfg.tie_weights and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise SLMLabError(f"{directory} does not match its config (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); it was saved from a different model.")
+    tok_path = directory / "tokenizer.json"
+    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
+    return Checkpoint(model.to(device).eval(), tokenizer, config.get("meta", {}), directory)
+
+
+def load_trainer_state(directory: str | Path) -> dict:
+    path = Path(directory) / "trainer_state.pt"
+    if not path.is_file():
+        raise SLMLabError(f"{directory} has no trainer_state.pt, so training cannot resume from it; "
+                          "save with trainer state or start a fresh run.")
+    return torch.load(path, map_location="cpu", weights_only=False)

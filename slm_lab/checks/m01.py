@@ -1,0 +1,130 @@
+"""Checks for lab 01 — tokens: pair counts, one merge, a tiny BPE, encode/decode round trip."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from . import call, fail, passed
+
+SAMPLE = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+          "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles. " * 3)
+
+
+def ref_pair_counts(ids):
+    return Counter(zip(ids, ids[1:]))
+
+
+def ref_merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def ref_encode(text, merges):
+    ids = list(text.encode("utf-8"))
+    while len(ids) > 1:
+        pair = min(zip(ids, ids[1:]), key=lambda p: merges.get(p, float("inf")))
+        if pair not in merges:
+            break
+        ids = ref_merge(ids, pair, merges[pair])
+    return ids
+
+
+def _random_ids(rng, n, hi=6):
+    return [rng.randrange(hi) for _ in range(n)]
+
+
+def check_pair_counts(get_pair_counts) -> None:
+    """get_pair_counts(ids) → {(a, b): count} over adjacent pairs."""
+    what = "get_pair_counts"
+    rng = random.Random(0)
+    for ids in ([1, 2, 1, 2, 3], [], [7], [5, 5, 5, 5], _random_ids(rng, 50), _random_ids(rng, 200, 3)):
+        got = call(get_pair_counts, list(ids), what=what)
+        if not isinstance(got, dict):
+            fail(f"{what} should return a dict {{(a, b): count}}, got {type(got).__name__}.")
+        got, ref = dict(got), dict(ref_pair_counts(ids))
+        if got != ref:
+            if len(ids) < 2 and got:
+                fail(f"{what}({ids}) returned {got}, but a list this short has no pairs.")
+            missing = [p for p in ref if p not in got]
+            if missing:
+                fail(f"{what}({ids[:8]}{'…' if len(ids) > 8 else ''}) misses the pair {missing[0]} — "
+                     "count every adjacent pair, including the last one (zip(ids, ids[1:])).")
+            wrong = next(p for p in got if got[p] != ref.get(p))
+            fail(f"{what} counts {wrong} {got[wrong]} times, expected {ref.get(wrong, 0)} in {ids[:12]}{'…' if len(ids) > 12 else ''}.")
+    passed("pair counts")
+
+
+def check_merge(merge) -> None:
+    """merge(ids, pair, new_id) → a new list with every non-overlapping pair (left to right) replaced."""
+    what = "merge"
+    rng = random.Random(1)
+    cases = [([1, 2, 1, 2, 3], (1, 2), 9), ([1, 1, 1], (1, 1), 9), ([1, 1, 1, 1], (1, 1), 9),
+             ([3, 1, 2], (1, 2), 9), ([1, 2], (2, 1), 9), ([], (1, 2), 9)]
+    cases += [(_random_ids(rng, 40, 3), (1, 2), 7) for _ in range(5)]
+    for ids, pair, new_id in cases:
+        keep = list(ids)
+        got = call(merge, ids, pair, new_id, what=what)
+        if ids != keep:
+            fail(f"{what} changed its input list in place — build and return a new list.")
+        ref = ref_merge(ids, pair, new_id)
+        if not isinstance(got, list) or got != ref:
+            hint = ""
+            if ids == [1, 1, 1]:
+                hint = " — pairs do not overlap: after a merge, skip both merged ids"
+            elif ids and tuple(ids[-2:]) == pair:
+                hint = " — the pair at the very end must be merged too"
+            fail(f"{what}({ids[:10]}{'…' if len(ids) > 10 else ''}, {pair}, {new_id}) returned {got if isinstance(got, list) else type(got).__name__}, expected {ref}{hint}.")
+    passed("merge")
+
+
+def check_train_bpe(train_bpe) -> None:
+    """train_bpe(text, vocab_size) → {(a, b): new_id} with ids 256, 257, … in the order learned."""
+    what = "train_bpe"
+    merges = call(train_bpe, SAMPLE, 276, what=what)
+    if not isinstance(merges, dict):
+        fail(f"{what} should return a dict {{(a, b): new_id}}, got {type(merges).__name__}.")
+    if len(merges) != 20:
+        fail(f"{what}(text, vocab_size=276) learned {len(merges)} merges, expected 276 - 256 = 20.")
+    if list(merges.values()) != list(range(256, 276)):
+        fail(f"{what}: new ids should be 256, 257, … in the order the merges were learned, got {list(merges.values())[:5]}….")
+    ids = list(SAMPLE.encode("utf-8"))
+    for step, (pair, new_id) in enumerate(merges.items()):
+        counts = ref_pair_counts(ids)
+        best = max(counts.values())
+        if counts.get(tuple(pair), 0) != best:
+            fail(f"{what}: merge {step + 1} joins {pair}, which occurs {counts.get(tuple(pair), 0)} times, "
+                 f"but the most frequent pair occurs {best} times — always merge the most frequent pair.")
+        ids = ref_merge(ids, tuple(pair), new_id)
+    passed("train_bpe", "20 merges, each the most frequent pair")
+
+
+def check_round_trip(encode, decode, merges) -> None:
+    """encode(text, merges) → ids and decode(ids, merges) → text: exact round trip, merges in learned order."""
+    rng = random.Random(2)
+    texts = [SAMPLE[:200], "", "a", "naïve café — 東京 🤖", "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(100))]
+    for text in texts:
+        ids = call(encode, text, merges, what="encode")
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            fail(f"encode should return a list of ints, got {type(ids).__name__}.")
+        back = call(decode, ids, merges, what="decode")
+        if back != text:
+            fail(f"decode(encode(text)) != text for {text[:30]!r}: got {str(back)[:30]!r} — decode the bytes of all "
+                 "tokens together with .decode('utf-8'), not token by token.")
+        ref = ref_encode(text, merges)
+        if ids != ref:
+            fail(f"encode({text[:20]!r}…) gives {len(ids)} tokens, the reference gives {len(ref)} — apply the "
+                 "earliest-learned merge first (lowest new id), repeating until none applies.")
+    if len(call(encode, SAMPLE, merges, what="encode")) >= len(SAMPLE.encode("utf-8")):
+        fail("encode does not compress: the merges should make the text shorter than its bytes.")
+    passed("encode/decode", "exact round trip on Unicode, merges in order")
+
+
+CHECKS = {"01.pair_counts": check_pair_counts, "01.merge": check_merge, "01.train_bpe": check_train_bpe,
+          "01.round_trip": check_round_trip}

