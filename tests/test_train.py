@@ -122,3 +122,21 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(tmp_path, tiny_model(seed=1))
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_pretrained_caches_and_retrains_when_the_recipe_changes(tmp_cache, monkeypatch):
+    from slm_lab import train as T
+
+    calls = []
+    real = T.train_preset
+    monkeypatch.setattr(T, "train_preset", lambda *a, **k: calls.append(1) or real(*a, progress=False, **{
+        kk: v for kk, v in k.items() if kk != "progress"}))
+    first = T.pretrained("tiny", progress=False)
+    again = T.pretrained("tiny", progress=False)
+    assert len(calls) == 1                                       # the second call came from the cache
+    x = torch.randint(0, first.model.cfg.vocab_size, (1, 8))
+    assert torch.equal(first.model(x).logits, again.model(x).logits)
+    monkeypatch.setitem(T.PRESETS, "tiny", T.Preset(model={**T.PRESETS["tiny"].model, "d_model": 64},
+                                                    train=T.PRESETS["tiny"].train))
+    changed = T.pretrained("tiny", progress=False)
+    assert len(calls) == 2 and changed.model.cfg.d_model == 64  # a changed recipe is not served stale
