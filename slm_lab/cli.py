@@ -6,6 +6,7 @@ one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .errors import SLMLabError
@@ -54,7 +55,7 @@ def _doctor(args) -> int:
     return run()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slm-lab", description="SLM Lab: build, train and study small language models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -78,11 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check this machine for the course: one line per item")
     d.set_defaults(func=_doctor)
+
+    for name, (module, help_) in COMMANDS.items():
+        if only in (None, name):                 # import a course tool only when it is the one asked for
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_)
     return p
 
 
+# Course tools register their own subcommands: each module defines register(subparsers), adding a
+# subparser with set_defaults(func=...). They import nbformat, nbclient..., so `slm-lab train` skips them.
+COMMANDS = {
+    "execute": ("slm_lab.course.execute", "run notebooks top to bottom with a profile and store the outputs"),
+    "make-labs": ("slm_lab.course.make_labs", "write labs/ from solutions/ (--check: fail if stale)"),
+    "grade": ("slm_lab.course.grade", "grade submitted labs with nbval into a gradebook CSV"),
+    "slides": ("slm_lab.course.slides", "build the reveal.js slide decks"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:
         return args.func(args) or 0
     except SLMLabError as exc:

@@ -3,13 +3,6 @@ import os
 import pytest
 import torch
 
-# Tests run small, offline and deterministic; every notebook they execute uses the smoke profile.
-os.environ.setdefault("SLM_LAB_PROFILE", "smoke")
-os.environ.setdefault("SLM_LAB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

@@ -1,0 +1,401 @@
+"""`slm-lab grade SUBMISSION.ipynb... --lab NAME`: grade lab submissions with nbval, write a gradebook CSV.
+
+For each submission, independently (one bad notebook never stops the run):
+  1. read it; a notebook that does not parse gets a zero row and the reason;
+  2. put back the solution's check cells, matched by id (cell.metadata["slm_lab"]["check"]): an edited
+     check gets the canonical source and metadata back; a deleted one is re-inserted just before the next
+     check cell that exists (so after the student's answer cells it tests), or at the end; duplicates of
+     a check are dropped. Outputs are cleared, so nothing is compared with stored output;
+  3. run it under `pytest --nbval-lax` in a scratch copy of its folder (a temp dir: the notebook may delete
+     files there), one pytest process and so one fresh kernel per notebook, with a timeout per cell and
+     an overall limit per notebook;
+  4. a check earns its points iff its nbval item passed. nbval names its items "Cell N", N counting code
+     cells only from 0 (nbval/plugin.py, IPyNbFile.collect), which is how items map back to cells.
+The reason column is empty when every cell ran; otherwise it names the first problem, with "cell K" the
+K-th cell of the graded notebook counting every cell from 1: "cell 7 timed out after 10 s", "kernel died
+in cell 9", "ran past the overall limit of 600 s (in cell 12)", "malformed notebook: ...".
+
+This module is also the pytest plugin of the grading run (`-p slm_lab.course.grade`, active only when
+SLM_LAB_GRADE_LOG is set): it logs each item's outcome as it happens (so an overall timeout still
+credits the checks that passed) and fails a cell at once when its kernel dies instead of waiting out
+the cell timeout.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from ..errors import SLMLabError
+from . import notebooks
+from .make_labs import check_ids, read_notebook, write_text_atomic
+
+LOG_ENV = "SLM_LAB_GRADE_LOG"
+COPY_LIMIT_BYTES = 200 * 2**20           # a bigger submission folder is not copied (only the notebook is)
+_SKIP_NAMES = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__", ".git")
+_ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
+# nbval's own line in a failure: "Cell 7: Timeout of ..." (the cell's source and traceback follow it, so only
+# this line is read: a student's code cannot fake a reason) or "pytest plugin exception: ..." (ours, below)
+_HEADLINE = re.compile(r"^(?:Cell \d+: |pytest plugin exception: )(.*)$", re.M)
+
+
+@dataclass
+class Row:
+    file: str
+    points: dict = field(default_factory=dict)     # check id -> points earned
+    reason: str = ""
+
+
+def find_lab(name: str, solutions: Path) -> Path:
+    """The solution notebook named by its stem or a unique prefix of it ("02" -> 02_build_and_train_lab)."""
+    stems = sorted(p.stem for p in solutions.glob("*.ipynb")) if solutions.is_dir() else []
+    if not stems:
+        raise SLMLabError(f"no solution notebooks in {solutions}; pass --solutions DIR.")
+    name = name.removesuffix(".ipynb")
+    matches = [s for s in stems if s == name] or [s for s in stems if s.startswith(name)]
+    if len(matches) != 1:
+        what = "is ambiguous" if matches else "matches no lab"
+        raise SLMLabError(f"--lab {name!r} {what}; choose one of: {', '.join(matches or stems)}.")
+    return solutions / f"{matches[0]}.ipynb"
+
+
+def restore_checks(nb, canonical: dict) -> None:
+    """Give nb the canonical check cells (id -> cell), in place; see the module docstring for the rules."""
+    seen: set = set()
+    kept = []
+    for cell in nb.cells:
+        cid = cell.metadata.get("slm_lab", {}).get("check") if cell.cell_type == "code" else None
+        if cid in canonical:
+            if cid in seen:
+                continue                                        # a pasted copy of a check: drop it
+            seen.add(cid)
+            cell = copy.deepcopy(canonical[cid])
+        kept.append(cell)
+    nb.cells = kept
+    ids = list(canonical)
+    for i, cid in enumerate(ids):
+        if cid in seen:
+            continue
+        positions = {c.metadata.get("slm_lab", {}).get("check"): k for k, c in enumerate(nb.cells)
+                     if c.cell_type == "code"}
+        later = [positions[c] for c in ids[i + 1:] if c in positions]
+        nb.cells.insert(later[0] if later else len(nb.cells), copy.deepcopy(canonical[cid]))
+        seen.add(cid)
+
+
+def prepare(nb, canonical: dict) -> None:
+    """Restore the checks and clear outputs, so a cell passes iff it runs without an error."""
+    restore_checks(nb, canonical)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+
+
+def _read_submission(path: Path):
+    """The submission as a notebook, or the one-line reason it is not one."""
+    try:
+        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        for cell in nb.cells:         # outputs are cleared before grading: don't reject a notebook for them
+            if cell.get("cell_type") == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        nbformat.validate(nb)
+        return nb, ""
+    except Exception as exc:
+        text = _ANSI.sub("", str(exc)).strip()
+        return None, f"malformed notebook: {text.splitlines()[0][:100] if text else type(exc).__name__}"
+
+
+def _scratch_copy(src: Path, dst: Path) -> None:
+    """Copy the submission's folder (other notebooks left out) unless it is too big to be its own."""
+    total = 0
+    for root, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if d not in (".ipynb_checkpoints", "__pycache__", ".git")]
+        total += sum((Path(root) / f).stat().st_size for f in files if not f.endswith(".ipynb")
+                     and (Path(root) / f).is_file())
+        if total > COPY_LIMIT_BYTES:
+            dst.mkdir(parents=True)
+            print(f"note: {src} holds over {COPY_LIMIT_BYTES >> 20} MB; only the notebook is copied for grading",
+                  file=sys.stderr)
+            return
+    # other notebooks are other students' work; links could lead the notebook back to the originals
+    shutil.copytree(src, dst, ignore=lambda d, names: set(_SKIP_NAMES(d, names)) | {
+        n for n in names if os.path.islink(os.path.join(d, n))})
+
+
+def _kill_group(pid: int | None) -> None:
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _cell_num(name: str) -> int | None:
+    m = re.search(r"Cell (\d+)$", name or "")
+    return int(m.group(1)) if m else None
+
+
+def _from_junit(xml: Path) -> tuple[set, list]:
+    """(code indices of passed items, [(code index, nbval's headline of a failure)]) from its junit report."""
+    passed, problems = set(), []
+    try:
+        cases = list(ET.parse(xml).getroot().iter("testcase"))
+    except ET.ParseError:
+        return passed, [(0, "unreadable junit report")]
+    for case in cases:
+        num = _cell_num(case.get("name", ""))
+        if num is None:
+            continue
+        bad = [e for e in case if e.tag in ("failure", "error", "skipped")]
+        if not bad:
+            passed.add(num)
+        for e in bad:
+            if e.tag != "skipped":
+                text = _ANSI.sub("", e.get("message", "") or e.text or "")
+                m = _HEADLINE.search(text)
+                problems.append((num, m.group(1) if m else text.strip().split("\n")[0]))
+    return passed, problems
+
+
+def _from_log(log: Path) -> tuple[set, int | None, int | None]:
+    """(code indices whose call passed, the last cell started, the kernel's pid) from the plugin's log."""
+    passed, failed, last, pid = set(), set(), None, None
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue                      # a line cut short by the kill
+            if "start" in event:
+                last, pid = event["start"], event.get("pid") or pid
+            elif event.get("passed") and event.get("when") == "call":
+                passed.add(event["cell"])
+            elif not event.get("passed"):
+                failed.add(event["cell"])
+    return passed - failed, last, pid
+
+
+def _reason(problems: list, cell_no, timeout: float) -> str:
+    """The first problem worth a reason; ordinary exceptions in cells (a failed check) are not one."""
+    for num, text in sorted(problems, key=lambda p: p[0]):
+        if "KernelDied" in text:
+            return f"kernel died in cell {cell_no(num)}"
+        if "Kernel dead on test start" in text:
+            return f"kernel died before cell {cell_no(num)}"
+        if "Timeout of" in text and "exceeded" in text:
+            stuck = " and could not be interrupted" if "Failed to interrupt" in text else ""
+            return f"cell {cell_no(num)} timed out after {timeout:g} s{stuck}"
+        if "unreadable junit report" in text:
+            return "grading run failed: its junit report is unreadable"
+        if text.startswith("failed on setup"):            # e.g. the kernel did not start
+            return f"cell {cell_no(num)} could not run: {text[:100]}"
+    return ""
+
+
+def run_nbval(nb, folder: Path, timeout: float, limit: float, profile: str) -> tuple[set, str]:
+    """Execute nb (with the files of `folder`) under nbval; return (code indices that passed, reason)."""
+    scratch = Path(tempfile.mkdtemp(prefix="slm-lab-grade-"))
+    try:
+        work, report = scratch / "work", scratch / "report"
+        _scratch_copy(folder, work)
+        report.mkdir()
+        nb_path, xml, log = work / "submission.ipynb", report / "junit.xml", report / "events.jsonl"
+        notebooks.write(nb, nb_path)
+        ini = report / "pytest.ini"
+        ini.write_text("[pytest]\n", encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
+        env.update({LOG_ENV: str(log), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "SLM_LAB_PROFILE": profile})
+        cmd = [sys.executable, "-m", "pytest", "-p", "nbval", "-p", __name__, "-p", "no:cacheprovider",
+               "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={timeout:g}", "--noconftest",
+               "-c", str(ini), "--rootdir", str(work), f"--junitxml={xml}", "-q", nb_path.name]
+        with open(report / "pytest.out", "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                proc.wait(timeout=limit)
+                killed = False
+            except subprocess.TimeoutExpired:
+                killed = True
+            except BaseException:                   # Ctrl-C: leave no pytest or kernel running
+                _kill_group(proc.pid)
+                _kill_group(_from_log(log)[2])
+                raise
+            if killed:
+                _kill_group(proc.pid)
+                proc.wait()
+        log_passed, last, kernel_pid = _from_log(log)
+        _kill_group(kernel_pid)             # the kernel runs in its own session; leave nothing behind
+        code_cells = [k for k, c in enumerate(nb.cells, 1) if c.cell_type == "code"]
+
+        def cell_no(num):
+            return code_cells[num] if num is not None and num < len(code_cells) else "?"
+
+        if killed:
+            where = f" (in cell {cell_no(last)})" if last is not None else ""
+            return log_passed, f"ran past the overall limit of {limit:g} s{where}"
+        if proc.returncode not in (0, 1, 5) or not xml.is_file():    # 1: a cell failed; 5: no code cells
+            tail = (report / "pytest.out").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            return log_passed, f"grading run failed (exit {proc.returncode}): {tail[-1][:100] if tail else 'no output'}"
+        passed, problems = _from_junit(xml)
+        return passed, _reason(problems, cell_no, timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def grade_one(path: Path, canonical: dict, timeout: float, limit: float, profile: str) -> Row:
+    row = Row(str(path), {cid: 0 for cid in canonical})
+    nb, row.reason = _read_submission(path)
+    if nb is None:
+        return row
+    prepare(nb, canonical)
+    passed, row.reason = run_nbval(nb, path.resolve().parent, timeout, limit, profile)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for num in passed:
+        cid = code[num].metadata.get("slm_lab", {}).get("check") if num < len(code) else None
+        if cid in canonical:
+            row.points[cid] = canonical[cid].metadata["slm_lab"].get("points", 1)
+    return row
+
+
+def gradebook_text(rows: list[Row], canonical: dict) -> str:
+    """The CSV: file, one column per check id (points earned), total, max, reason."""
+    full = sum(c.metadata["slm_lab"].get("points", 1) for c in canonical.values())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", *canonical, "total", "max", "reason"])
+    for r in rows:
+        w.writerow([r.file, *(r.points[c] for c in canonical), sum(r.points.values()), full, r.reason])
+    return buf.getvalue()
+
+
+def load_checks(solution: Path) -> dict:
+    """The solution's check cells by id; a solution without any is an error."""
+    canonical = check_ids(read_notebook(solution), str(solution))
+    if not canonical:
+        raise SLMLabError(f"{solution} has no check cells, so there is nothing to grade; add check cells to it.")
+    return canonical
+
+
+def grade(paths: list, solution: Path, out: Path, timeout: float = 300, limit: float = 1800,
+          profile: str = "smoke") -> list[Row]:
+    """Grade each submission against the solution's check cells; write the gradebook CSV to out."""
+    canonical = load_checks(solution)
+    rows = []
+    for i, path in enumerate(paths, 1):
+        t0 = time.perf_counter()
+        rows.append(grade_one(Path(path), canonical, timeout, limit, profile))
+        print(f"[{i}/{len(paths)}] {path}: {sum(rows[-1].points.values()):g} points "
+              f"({time.perf_counter() - t0:.0f} s){' — ' + rows[-1].reason if rows[-1].reason else ''}", flush=True)
+    write_text_atomic(out, gradebook_text(rows, canonical))
+    return rows
+
+
+def run(args) -> int:
+    paths = [Path(p) for p in args.submissions]
+    for p in paths:
+        if not p.is_file():
+            raise SLMLabError(f"no notebook at {p}; pass submission files (e.g. submissions/*.ipynb).")
+    if args.timeout <= 0 or args.notebook_timeout <= 0:
+        raise SLMLabError("--timeout and --notebook-timeout must be positive numbers of seconds.")
+    out = Path(args.out)
+    if out.is_dir():
+        raise SLMLabError(f"--out {out} is a folder; give a file name such as {out / 'gradebook.csv'}.")
+    if not out.parent.is_dir():
+        raise SLMLabError(f"no folder {out.parent} for the gradebook; create it or choose another --out.")
+    solution = find_lab(args.lab, Path(args.solutions))
+    full = sum(c.metadata["slm_lab"].get("points", 1) for c in load_checks(solution).values())
+    rows = grade(paths, solution, out, args.timeout, args.notebook_timeout, args.profile)
+    width = max(len("file"), *(len(r.file) for r in rows))
+    print(f"\n{'file':<{width}}  {'score':>9}  reason")
+    for r in rows:
+        print(f"{r.file:<{width}}  {f'{sum(r.points.values()):g}/{full:g}':>9}  {r.reason}")
+    print(f"gradebook: {out} ({len(rows)} submissions, lab {solution.stem})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grade", help="grade lab submissions with nbval and write a gradebook CSV")
+    p.add_argument("submissions", nargs="+", help="submitted .ipynb files")
+    p.add_argument("--lab", required=True, help="the lab: a solution's name or a unique prefix (e.g. 02)")
+    p.add_argument("--out", default="gradebook.csv", help="gradebook CSV to write (default gradebook.csv)")
+    p.add_argument("--solutions", default=str(notebooks.ROOT / "solutions"),
+                   help="solved labs (default: repo's solutions/)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per cell (default 300)")
+    p.add_argument("--notebook-timeout", type=float, default=1800, help="seconds per notebook (default 1800)")
+    p.add_argument("--profile", default="smoke", choices=("smoke", "full"),
+                   help="SLM_LAB_PROFILE the submissions run with (default smoke)")
+    p.set_defaults(func=run)
+
+
+# ---- the pytest plugin of the grading run (inside the pytest subprocess only) ----
+
+class KernelDied(RuntimeError):
+    """The kernel process exited while a cell was running (os._exit, a segfault, out of memory)."""
+
+
+# Read once and removed, so the kernel (started later, with this environment) is not handed the log's path.
+_LOG_PATH = os.environ.pop(LOG_ENV, None)
+
+
+def _log(event: dict) -> None:
+    with open(_LOG_PATH, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def _watch(kernel) -> None:
+    """Make nbval's wait for a cell's reply notice a dead kernel within half a second."""
+    if getattr(kernel, "_slm_lab_watched", False) or not hasattr(kernel, "get_message"):
+        return
+    from queue import Empty
+
+    def await_reply(msg_id, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        while True:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0:
+                raise Empty
+            try:
+                msg = kernel.get_message(stream="shell", timeout=wait)
+            except Empty:
+                if not kernel.is_alive():
+                    raise KernelDied("KernelDied: the kernel died while this cell ran") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                if msg["content"]["status"] == "aborted":
+                    raise RuntimeError("Kernel aborted execution request")
+                return
+
+    kernel.await_reply = await_reply
+    kernel._slm_lab_watched = True
+
+
+if _LOG_PATH:
+    import pytest
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(item):
+        kernel = getattr(getattr(item, "parent", None), "kernel", None)
+        provisioner = getattr(getattr(kernel, "km", None), "provisioner", None)
+        pid = getattr(getattr(provisioner, "process", None), "pid", None)
+        _log({"start": getattr(item, "cell_num", None), "pid": pid})
+        if kernel is not None:
+            _watch(kernel)
+
+    def pytest_runtest_logreport(report):
+        num = _cell_num(report.nodeid.split("::")[-1])
+        if num is not None and (report.when == "call" or not report.passed):
+            _log({"cell": num, "when": report.when, "passed": bool(report.passed)})

@@ -1,0 +1,189 @@
+"""`slm-lab make-labs [--check]`: write labs/ from solutions/, the single source of truth.
+
+For every solutions/NAME.ipynb, labs/NAME.ipynb is the same notebook with
+  - each region from a line `### BEGIN SOLUTION` to `### END SOLUTION` in a code cell replaced, at the
+    BEGIN line's indentation, by `# TODO: <hint>` and `raise NotImplementedError` (the hint is the text of
+    a `# HINT: ...` line right after BEGIN, else "your code here");
+  - every output, execution count and execution timing cleared;
+  - the Colab badge in the first cell pointing at labs/NAME.ipynb.
+Everything else is kept as it is. The output is deterministic text, so `--check` compares it with labs/
+and names each stale, missing or extra lab without writing anything.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from ..errors import SLMLabError
+from . import notebooks
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+HINT = "# HINT:"
+DEFAULT_HINT = "your code here"
+# A line that mentions a marker but is not exactly one (`## BEGIN SOLUTION`, `### End Solution`) would leak
+# the answer into the lab, so it is an error rather than ordinary code.
+_NEAR_MARKER = re.compile(r"(BEGIN|END)[ _]SOLUTION", re.I)
+
+
+def strip_solution(source: str, where: str) -> str:
+    """Replace every BEGIN/END SOLUTION region of one code cell's source by a TODO and a raise.
+
+    `where` names the cell in error messages ("solutions/x.ipynb, cell 5").
+    """
+    out: list[str] = []
+    begin_line = 0                       # line number of the open BEGIN marker, 0 when outside a region
+    indent, hint, first = "", "", False
+    for lineno, line in enumerate(source.split("\n"), 1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if begin_line:
+                raise SLMLabError(f"{where}: `{BEGIN}` on line {lineno} opens a region inside the one opened on "
+                                  f"line {begin_line}; close that one with `{END}` first.")
+            begin_line, indent, hint, first = lineno, line[:len(line) - len(line.lstrip())], "", True
+        elif marker == END:
+            if not begin_line:
+                raise SLMLabError(f"{where}: `{END}` on line {lineno} has no `{BEGIN}` before it; "
+                                  f"add the BEGIN line or remove this one.")
+            out += [f"{indent}# TODO: {hint or DEFAULT_HINT}", f"{indent}raise NotImplementedError"]
+            begin_line = 0
+        elif begin_line:
+            if first and marker.startswith(HINT):
+                hint = marker[len(HINT):].strip()
+            first = False
+        elif _NEAR_MARKER.search(line):
+            raise SLMLabError(f"{where}: line {lineno} ({marker!r}) looks like a solution marker but is not exactly "
+                              f"`{BEGIN}` or `{END}`; fix it so the answer does not leak into the lab.")
+        else:
+            out.append(line)
+    if begin_line:
+        raise SLMLabError(f"{where}: `{BEGIN}` on line {begin_line} has no matching `{END}`; close the region.")
+    return "\n".join(out)
+
+
+def check_ids(nb, where: str) -> dict:
+    """The solution's check cells by id, in order; duplicate ids or bad points are an error."""
+    checks: dict = {}
+    for cell in notebooks.check_cells(nb):
+        meta = cell.metadata["slm_lab"]
+        cid, points = meta.get("check"), meta.get("points", 1)
+        if not isinstance(cid, str) or not cid:
+            raise SLMLabError(f"{where}: a check cell has id {cid!r}; give each check cell a non-empty string id.")
+        if cid in checks:
+            raise SLMLabError(f"{where}: two check cells have id {cid!r}; give each check a unique id.")
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or points < 0:
+            raise SLMLabError(f"{where}: check {cid!r} has points {points!r}; use a non-negative number.")
+        checks[cid] = cell
+    return checks
+
+
+def read_notebook(path: Path):
+    """Read a course notebook (solution) or raise one clear error."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise SLMLabError(f"{path} is not a readable notebook ({first}); fix it or re-save it from Jupyter.") from None
+
+
+def build_lab(solution, name: str, where: str):
+    """The lab notebook for one solution notebook (a new object; the solution is not changed)."""
+    check_ids(solution, where)
+    lab = copy.deepcopy(solution)
+    for i, cell in enumerate(lab.cells, 1):
+        if cell.cell_type == "code":
+            cell.source = strip_solution(cell.source, f"{where}, cell {i}")
+            cell.outputs = []
+            cell.execution_count = None
+        cell.metadata.pop("execution", None)    # nbclient's timing stamps belong to the solution run
+    try:
+        notebooks.stamp(lab, f"labs/{name}")
+    except ValueError:
+        raise SLMLabError(f"{where}: the first cell must be the markdown cell with the Colab badge and the title; "
+                          f"add one (notebooks.from_percent makes it).") from None
+    return lab
+
+
+def render(nb) -> str:
+    """The exact text notebooks.write() stores for nb."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nb.ipynb"
+        notebooks.write(nb, path)
+        return path.read_text(encoding="utf-8")
+
+
+def expected_labs(solutions: Path) -> dict[str, str]:
+    """{lab file name: the text make-labs writes for it}, for every solutions/*.ipynb."""
+    if not solutions.is_dir():
+        raise SLMLabError(f"no solutions directory at {solutions}; pass --solutions DIR.")
+    return {path.name: render(build_lab(read_notebook(path), path.name, str(path)))
+            for path in sorted(solutions.glob("*.ipynb"))}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def differences(expected: dict[str, str], labs: Path) -> list[str]:
+    """One line per lab file that differs from what make-labs would write: stale, missing or extra."""
+    problems = []
+    for name, text in expected.items():
+        path = labs / name
+        if not path.is_file():
+            problems.append(f"missing: {path}")
+        elif path.read_text(encoding="utf-8") != text:
+            problems.append(f"stale: {path}")
+    present = {p.name for p in labs.glob("*.ipynb")} if labs.is_dir() else set()
+    problems += [f"extra: {labs / name} (no solution notebook of that name)"
+                 for name in sorted(present - set(expected))]
+    return problems
+
+
+def run(args) -> int:
+    solutions, labs = Path(args.solutions), Path(args.labs)
+    expected = expected_labs(solutions)
+    if args.check:
+        problems = differences(expected, labs)
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"{labs} is out of sync with {solutions}: run `slm-lab make-labs` (extra labs: delete them).")
+            return 1
+        print(f"{labs} is in sync with {solutions} ({len(expected)} labs).")
+        return 0
+    if not expected:
+        print(f"no solution notebooks in {solutions}; nothing to write.")
+    labs.mkdir(parents=True, exist_ok=True)
+    for name, text in expected.items():
+        path = labs / name
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            print(f"up to date: {path}")
+            continue
+        write_text_atomic(path, text)
+        print(f"wrote {path}")
+    for line in differences(expected, labs):       # only extras can remain
+        print(f"{line}: delete it, or add its solution")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("make-labs", help="write labs/ from solutions/ (TODOs for solution regions, outputs cleared)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming each stale, missing or extra lab")
+    p.add_argument("--solutions", default=str(notebooks.ROOT / "solutions"),
+                   help="solved lab notebooks (default: repo's solutions/)")
+    p.add_argument("--labs", default=str(notebooks.ROOT / "labs"), help="where labs go (default: repo's labs/)")
+    p.set_defaults(func=run)
