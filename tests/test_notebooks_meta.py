@@ -54,3 +54,15 @@ def test_every_solution_has_a_lab_and_a_lecture():
     assert [p.name for p in LABS] == [p.name for p in SOLUTIONS]
     lectures = {p.stem for p in LECTURES}
     assert all(p.stem.removesuffix("_lab") in lectures for p in SOLUTIONS)
+
+
+def test_readme_links_and_badges_point_at_files_that_exist():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(((?:notebooks|labs|solutions|slides)/[^)#]+|[A-Z]+\.md)\)", readme)
+    assert links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+    for path in LECTURES + LABS:
+        assert badge_markdown(rel(path)) in readme, f"README has no Colab badge for {rel(path)}"
