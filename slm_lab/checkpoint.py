@@ -11,45 +11,15 @@ and never destroys the previous checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path, write_text
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def _atomic(path: Path, writer) -> None:
-    """Run writer(tmp_path) and move the result into place only if it succeeded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(directory: str | Path, model: SLM, tokenizer=None, meta: dict | None = None,
@@ -59,13 +29,15 @@ def save_checkpoint(directory: str | Path, model: SLM, tokenizer=None, meta: dic
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.cfg.tie_weights:
         state.pop("lm_head.weight", None)
-    _atomic(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     config = {"model": model.cfg.to_dict(), "meta": meta or {}}
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
+    write_text(directory / "config.json", json.dumps(config, indent=2))
     if tokenizer is not None:
-        atomic_write_text(directory / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
+        write_text(directory / "tokenizer.json", json.dumps(tokenizer.to_dict(), ensure_ascii=False))
     if trainer_state is not None:
-        _atomic(directory / "trainer_state.pt", lambda tmp: torch.save(trainer_state, tmp))
+        with atomic_path(directory / "trainer_state.pt") as tmp:
+            torch.save(trainer_state, tmp)
     return directory
 
 
@@ -115,3 +87,12 @@ def load_trainer_state(directory: str | Path) -> dict:
         raise SLMLabError(f"{directory} has no trainer_state.pt, so training cannot resume from it; "
                           "save with trainer state or start a fresh run.")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# Older names, kept for modules written against them.
+atomic_write_text = write_text
+
+
+def _atomic(path: Path, writer) -> None:
+    with atomic_path(path) as tmp:
+        writer(str(tmp))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path, write_text
 from .errors import SLMLabError
 from .settings import cache_dir
 
@@ -55,12 +55,9 @@ def _python_docs() -> str:
 
 def download(url: str, sha256: str | None, dest: Path, timeout: float = 10.0) -> Path:
     """Fetch `url` to `dest`, verifying its SHA-256; the file appears only once it is complete and correct."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 16):
                 digest.update(chunk)
                 out.write(chunk)
@@ -69,11 +66,7 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 10.0) ->
                 f"the file from {url} has SHA-256 {digest.hexdigest()[:12]}…, expected {sha256[:12]}…; "
                 "it was not saved — check the URL or your network."
             )
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return Path(dest)
 
 
 def _offline_requested() -> bool:
@@ -113,10 +106,7 @@ def corpus_file(name: str = "shakespeare") -> Path:
     text = load_corpus(name)
     path = cache_dir("corpora") / f"{name}.txt"
     if not path.exists() or path.stat().st_size != len(text.encode("utf-8")):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     return path
 
 

@@ -251,9 +251,9 @@ def load_tokenizer(path: str | Path):
 
 
 def _save_json(obj: dict, path: str | Path) -> None:
-    from .checkpoint import atomic_write_text
+    from .atomic import write_text
 
-    atomic_write_text(Path(path), json.dumps(obj, ensure_ascii=False))
+    write_text(path, json.dumps(obj, ensure_ascii=False))
 
 
 def _load_json(path: str | Path) -> dict:
