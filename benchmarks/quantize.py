@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch
 from slm_lab import quantize as Q
 from slm_lab.evaluate import fixed_batches, mean_loss
 from slm_lab.settings import profile
+from slm_lab.timing import median_seconds
 from slm_lab.train import prepare_char_data, pretrained
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,14 +41,9 @@ VARIANTS = {   # name → (bits, group_size, how to build it)
 
 
 def forward_seconds(model, x, repeats: int) -> float:
+    """Median seconds of a no-grad forward pass over the batch x (B, T), after one warm-up pass."""
     with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: model(x), repeats)
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,8 +50,13 @@ class Checkpoint:
     path: Path
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load model (eval mode), tokenizer and meta from a checkpoint directory."""
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
+                    build: Callable[[dict], SLM] | None = None) -> Checkpoint:
+    """Load model (eval mode), tokenizer and meta from a checkpoint directory.
+
+    `build` turns config.json's "model" dict into an empty model (default: SLM(SLMConfig.from_dict(d)));
+    slm_lab.prune passes one for models whose heads were removed.
+    """
     from .tokenizer import load_tokenizer
 
     directory = Path(directory)
@@ -63,10 +69,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
                               "point at a directory written by save_checkpoint or `slm-lab train`.")
     try:
         config = json.loads((directory / "config.json").read_text())
-        cfg = SLMConfig.from_dict(config["model"])
+        model = (build or (lambda d: SLM(SLMConfig.from_dict(d))))(config["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SLMLabError(f"{directory / 'config.json'} is unreadable ({exc}); re-save the checkpoint.") from None
-    model = SLM(cfg)
+    cfg = model.cfg
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for truncated files

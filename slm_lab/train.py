@@ -96,10 +96,13 @@ def _batch_generator(cfg: TrainConfig, step: int, micro: int) -> torch.Generator
 def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig, *,
           out_dir: str | Path | None = None, resume: bool = False, tokenizer=None, meta: dict | None = None,
           progress: bool = True, callback: Callable[[History], None] | None = None,
-          val_batches: list | None = None) -> History:
+          val_batches: list | None = None,
+          loss_fn: Callable[[SLM, torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None = None) -> History:
     """Train `model` in place on token tensors; validate every cfg.eval_interval steps; save to out_dir at the end.
 
     val_batches: fixed (x, y) pairs to validate on (default: cfg.eval_batches blocks drawn from val_data).
+    loss_fn(model, x, y, step, micro): the loss of one micro-batch x, y (B, T) to minimise (default: the
+    model's cross-entropy; slm_lab.distill passes the distillation loss). Validation always uses cross-entropy.
     """
     device = next(model.parameters()).device
     block = cfg.block_size or model.cfg.block_size
@@ -126,7 +129,7 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Tra
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             x, y = get_batch(train_data, cfg.batch_size, block, _batch_generator(cfg, step, micro), device)
-            loss = model(x, y).loss / cfg.grad_accum
+            loss = (loss_fn(model, x, y, step, micro) if loss_fn else model(x, y).loss) / cfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
         if not math.isfinite(loss_sum):

@@ -1,25 +1,12 @@
 """Lab 05 checks accept the reference, reject the unsolved stub and reject planted quantization
 mistakes — truncation, the scale along the wrong axis, int4 values outside [-8, 7], a sign error in
 the zero-point, a Linear that keeps its float weight — each with the one-line reason a student reads."""
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slm_lab.checks import CheckFailed, m05
-
-
-def todo(*args, **kwargs):
-    raise NotImplementedError
-
-
-def rejects(check, *args, match: str):
-    with pytest.raises(CheckFailed) as info:
-        check(*args)
-    msg = str(info.value)
-    assert "\n" not in msg, "a check failure must be one line"
-    assert match in msg, msg
-    return msg
+from slm_lab.checks import m05
+from checking import rejects, todo
 
 
 # ------------------------------------------------------------------- absmax ----

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import CheckFailed, call, expect_close, expect_tensor, fail, passed
+from . import call, expect_close, expect_tensor, fail, passed
 
 
 # ------------------------------------------------------------------ references ----

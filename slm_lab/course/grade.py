@@ -40,9 +40,10 @@ from pathlib import Path
 
 import nbformat
 
+from ..atomic import write_text
 from ..errors import SLMLabError
 from . import notebooks
-from .make_labs import check_ids, read_notebook, write_text_atomic
+from .make_labs import check_ids, read_notebook
 
 LOG_ENV = "SLM_LAB_GRADE_LOG"
 COPY_LIMIT_BYTES = 200 * 2**20           # a bigger submission folder is not copied (only the notebook is)
@@ -300,7 +301,7 @@ def grade(paths: list, solution: Path, out: Path, timeout: float = 300, limit: f
         rows.append(grade_one(Path(path), canonical, timeout, limit, profile))
         print(f"[{i}/{len(paths)}] {path}: {sum(rows[-1].points.values()):g} points "
               f"({time.perf_counter() - t0:.0f} s){' — ' + rows[-1].reason if rows[-1].reason else ''}", flush=True)
-    write_text_atomic(out, gradebook_text(rows, canonical))
+    write_text(out, gradebook_text(rows, canonical))
     return rows
 
 

@@ -12,13 +12,13 @@ and names each stale, missing or extra lab without writing anything.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import tempfile
 from pathlib import Path
 
 import nbformat
 
+from ..atomic import write_text
 from ..errors import SLMLabError
 from . import notebooks
 
@@ -125,17 +125,6 @@ def expected_labs(solutions: Path) -> dict[str, str]:
             for path in sorted(solutions.glob("*.ipynb"))}
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def differences(expected: dict[str, str], labs: Path) -> list[str]:
     """One line per lab file that differs from what make-labs would write: stale, missing or extra."""
@@ -172,7 +161,7 @@ def run(args) -> int:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             print(f"up to date: {path}")
             continue
-        write_text_atomic(path, text)
+        write_text(path, text)
         print(f"wrote {path}")
     for line in differences(expected, labs):       # only extras can remain
         print(f"{line}: delete it, or add its solution")

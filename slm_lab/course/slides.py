@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import write_text
 from ..errors import SLMLabError
 
 VENDOR = Path("vendor") / "reveal.js"
@@ -334,13 +335,7 @@ def build_deck(path: str | Path, out_dir: str | Path, vendor_dir: str | Path) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     page, unreadable = render_deck(deck, out_dir, vendor_dir)
     target = out_dir / f"{path.stem}.html"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")   # not mkstemp: keep the umask's permissions
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text(target, page)
     return BuiltDeck(target, len(deck.slides), unreadable)
 
 

@@ -21,12 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable
 
 import torch
 
 from ..errors import SLMLabError
+from ..timing import median_seconds
 from .naive import scores_bytes
 
 MMAP_THRESHOLD = 32 * 1024      # bytes: every tensor above it gets its own mapping, returned on free
@@ -149,17 +149,6 @@ def expected_bytes(impl: str, n: int, batch: int = 1, heads: int = 1, head_dim: 
         return out + batch * heads * n * f32 + tiles
     raise SLMLabError(f"expected_bytes: no formula for impl {impl!r}; use 'naive' or 'tiled'.")
 
-
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of fn() over `repeats` runs after `warmup` runs (CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def cuda_median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 5) -> float:
