@@ -1,0 +1,155 @@
+"""Latency on this machine: measured prefill and decode next to a roofline built from measured rates.
+
+First it measures the machine: memory bandwidth (sum and copy of a 512 MB float32 tensor) and the fp32
+matmul rate (1024×1024 GEMM), medians over repeats. Then, for each model that fits in memory here —
+the course presets and real architectures built from their configs with random weights (speed does not
+depend on weight values) — it measures decode tokens/s (prefill 64 tokens, then 32 single-token steps on
+the KV cache) — as stored, and with the same weights stored transposed ("prepacked", the layout CPU
+matrix-vector kernels stream fastest) — and prefill ms (128 tokens), next to the roofline prediction:
+  decode  ≈ weight bytes ÷ read bandwidth      (every weight is read once per new token)
+  prefill ≈ FLOPs ÷ matmul rate                (the prompt's tokens share each weight read)
+To explain the gap, each decode step is also split into parts measured apart: the fixed cost of its operators
+(a "skinny twin" with the same depth and heads but almost no weights) and its matrix-vector products alone
+(every Linear once, on one vector, at the bandwidth those kernels reach). The machine is measured again at the end; the roofline uses the better of the two measurements (it is a
+ceiling). Prints a table and writes benchmarks/results/latency.json.
+
+    python benchmarks/latency.py                 # presets, GPT-2 124M, SmolLM2-135M/360M, TinyLlama-1.1B
+    python benchmarks/latency.py --quick         # presets + SmolLM2-135M, fewer repeats, nothing saved
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from slm_lab import latency, sizing
+from slm_lab.model import SLM
+
+RESULTS = Path(__file__).parent / "results"
+REAL = ("GPT-2 124M", "SmolLM2-135M", "SmolLM2-360M", "TinyLlama-1.1B")
+PROMPT, NEW, PREFILL = 64, 32, 128
+TARGET = ("SmolLM2-135M", 0.5)     # its measured decode should reach at least half the roofline
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def vocab_size() -> int:
+    from slm_lab.train import prepare_char_data
+
+    return prepare_char_data("shakespeare")[0].vocab_size
+
+
+def measure(card: sizing.ModelCard, repeats: int) -> dict:
+    """Time one model built from its config with random weights: decode as stored and prepacked, prefill."""
+    torch.manual_seed(0)
+    model = SLM(card.slm_config()).eval()
+    n = model.num_parameters()
+    assert n == sizing.count_parameters(card).total, f"{card.name}: built {n}, formula {sizing.count_parameters(card).total}"
+    block = model.cfg.block_size                          # nanogpt-cpu reads only 64 tokens
+    prompt, new = min(PROMPT, block // 2), min(NEW, block // 2)
+    prefill = min(PREFILL, block)
+    parts = latency.decode_breakdown(model, prompt, new, repeats=repeats)      # measured step + its two parts
+    tps = 1 / parts["step_s"]
+    pre = latency.time_prefill(model, prefill, repeats=repeats)
+    tps_packed = latency.time_decode(latency.prepack_for_decode(model), prompt, new, repeats=repeats)
+    return dict(model=card.name, params=n, weight_mb=sizing.weight_bytes(n, "fp32") / 1e6, prompt=prompt,
+                new_tokens=new, prefill_tokens=prefill, decode_tokens_per_s=tps, decode_prepacked_tokens_per_s=tps_packed,
+                prefill_ms=pre * 1e3, step_ms=parts["step_s"] * 1e3, fixed_ms=parts["fixed_s"] * 1e3,
+                gemv_ms=parts["gemv_s"] * 1e3, gemv_gb_per_s=parts["gemv_bandwidth"] / 1e9,
+                fixed_plus_gemv_ms=parts["explained_s"] * 1e3)
+
+
+def add_roofline(row: dict, card: sizing.ModelCard, hw: sizing.Hardware) -> dict:
+    context = row["prompt"] + row["new_tokens"] // 2      # the average context a decode step attends to
+    pred_tps = 1 / latency.decode_seconds(card, hw, "fp32", context=context)
+    pred_pre = latency.prefill_seconds(card, hw, "fp32", prompt=row["prefill_tokens"]) * 1e3
+    return {**row, "decode_pred_tokens_per_s": pred_tps, "decode_ratio": row["decode_tokens_per_s"] / pred_tps,
+            "decode_prepacked_ratio": row["decode_prepacked_tokens_per_s"] / pred_tps,
+            "prefill_pred_ms": pred_pre, "prefill_ratio": pred_pre / row["prefill_ms"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="presets + SmolLM2-135M, fewer repeats, nothing saved")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+
+    rates = latency.measure_machine(repeats=max(3, repeats + 2))
+    cards = list(sizing.course_cards(vocab_size()).values())
+    cards += [sizing.card(n) for n in (REAL[1:2] if args.quick else REAL)]
+    raw = []
+    for c in cards:
+        raw.append(measure(c, repeats))
+        print(f"  timed {c.name} ({raw[-1]['params']:,} parameters)", file=sys.stderr)
+    after = latency.measure_machine(repeats=max(3, repeats + 2))
+    # The roofline is a ceiling: use the best rate seen, at the start or at the end of the run.
+    peak = latency.MachineRates(*(max(a, b) for a, b in zip(
+        (rates.read_bandwidth, rates.copy_bandwidth, rates.matmul_flops),
+        (after.read_bandwidth, after.copy_bandwidth, after.matmul_flops))), args.threads, "cpu")
+    rows = [add_roofline(r, c, peak.hardware()) for r, c in zip(raw, cards)]
+    print(f"machine: {cpu_name()} | {args.threads} threads | torch {torch.__version__}")
+    for label, r in (("start", rates), ("end", after)):
+        print(f"  {label:<5}: read {r.read_bandwidth / 1e9:.1f} GB/s, copy {r.copy_bandwidth / 1e9:.1f} GB/s, "
+              f"fp32 matmul {r.matmul_flops / 1e9:.1f} GFLOP/s")
+    print(f"  roofline uses the best of the two: read {peak.read_bandwidth / 1e9:.1f} GB/s, "
+          f"{peak.matmul_flops / 1e9:.1f} GFLOP/s")
+    print(f"\n{'':<42}{'--------- decode tokens/s ---------':>36}{'------ prefill ms ------':>30}")
+    print(f"{'model':<20}{'params':>13}{'fp32 MB':>9}{'as stored':>11}{'prepacked':>11}{'roofline':>10}"
+          f"{'ratios':>11}{'measured':>11}{'roofline':>10}{'ratio':>7}")
+    for r in rows:
+        ratios = f"{r['decode_ratio']:.2f}/{r['decode_prepacked_ratio']:.2f}"
+        print(f"{r['model']:<20}{r['params']:>13,}{r['weight_mb']:>9.1f}{r['decode_tokens_per_s']:>11.1f}"
+              f"{r['decode_prepacked_tokens_per_s']:>11.1f}{r['decode_pred_tokens_per_s']:>10.1f}{ratios:>11}"
+              f"{r['prefill_ms']:>11.1f}{r['prefill_pred_ms']:>10.1f}{r['prefill_ratio']:>7.2f}")
+    print("ratio = measured ÷ roofline speed (decode: tokens/s ÷ predicted, as stored / prepacked; prefill: "
+          "predicted ms ÷ measured ms). prepacked = the same weights stored transposed (latency.prepack_for_decode)")
+    print("\nWhere a decode step goes (as stored): the fixed cost of its operators (a skinny twin: same depth and "
+          "heads, ~no weights) plus its matrix-vector products alone")
+    print(f"{'model':<20}{'step ms':>9}{'fixed ms':>10}{'GEMV ms':>9}{'GEMV GB/s':>11}{'fixed+GEMV':>12}{'step/sum':>10}")
+    for r in rows:
+        print(f"{r['model']:<20}{r['step_ms']:>9.2f}{r['fixed_ms']:>10.2f}{r['gemv_ms']:>9.2f}{r['gemv_gb_per_s']:>11.1f}"
+              f"{r['fixed_plus_gemv_ms']:>12.2f}{r['step_ms'] / r['fixed_plus_gemv_ms']:>10.2f}")
+    target = next(r for r in rows if r["model"] == TARGET[0])
+    met = {k: target[k] >= TARGET[1] for k in ("decode_ratio", "decode_prepacked_ratio")}
+    print(f"\n{TARGET[0]} decodes at {target['decode_ratio']:.2f} of its roofline as stored "
+          f"({'MET' if met['decode_ratio'] else 'MISSED'}), {target['decode_prepacked_ratio']:.2f} prepacked "
+          f"({'MET' if met['decode_prepacked_ratio'] else 'MISSED'}); target ≥ {TARGET[1]}")
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        out = {"benchmark": "latency", "date": datetime.date.today().isoformat(), "threads": args.threads,
+               "torch": torch.__version__, "machine": cpu_name(), "repeats": repeats, "dtype": "fp32",
+               "setup": {"decode": f"prefill {PROMPT} tokens, then {NEW} single-token steps on the KV cache "
+                                   "(at most half the block each)", "prefill_tokens": PREFILL,
+                         "decode_context_for_roofline": "prompt + new_tokens / 2"},
+               "rates_at_start": rates.to_dict(), "rates_at_end": after.to_dict(), "roofline_rates": peak.to_dict(),
+               "rows": rows,
+               "target": {"model": TARGET[0], "min_decode_ratio": TARGET[1], "decode_ratio": target["decode_ratio"],
+                          "decode_prepacked_ratio": target["decode_prepacked_ratio"],
+                          "met_as_stored": met["decode_ratio"], "met_prepacked": met["decode_prepacked_ratio"]},
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+               "median_decode_ratio_real_models": statistics.median(
+                   r["decode_ratio"] for r in rows if r["model"] in REAL)}
+        (RESULTS / "latency.json").write_text(json.dumps(out, indent=2) + "\n")
+        print(f"saved {RESULTS / 'latency.json'}")
+
+
+if __name__ == "__main__":
+    main()
