@@ -1,0 +1,214 @@
+"""Checks for lab 04 — knowledge distillation: the distillation loss and one distillation step.
+
+The loss is checked in three parts so a failure names the part that is wrong: the soft term alone
+(alpha = 1), the hard term alone (alpha = 0), then the mix. Each wrong value is compared with what the
+usual mistakes give (no T², KL arguments swapped, log-probabilities where probabilities belong, the
+wrong reduction, the temperature on one side only) to say which one it is.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import call, expect_tensor, fail, passed
+
+B, T_LEN, V = 3, 5, 11
+
+
+# ------------------------------------------------------------------ references ----
+def ref_kl(s, t, temp, *, swapped=False, temp_teacher=True, temp_student=True):
+    """Per-position KL(p ‖ q) summed over the vocabulary, (B, T); p the teacher, q the student at temp."""
+    log_q = F.log_softmax(s / (temp if temp_student else 1.0), dim=-1)
+    log_p = F.log_softmax(t / (temp if temp_teacher else 1.0), dim=-1)
+    if swapped:
+        log_p, log_q = log_q, log_p
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def ref_distillation_loss(s, t, y, temperature, alpha):
+    """alpha · T² · mean KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, y)."""
+    hard = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1))
+    return alpha * temperature**2 * ref_kl(s, t, temperature).mean() + (1 - alpha) * hard
+
+
+def _soft_slips(s, t, temp) -> dict[str, float]:
+    """What the usual mistakes in the soft term give (alpha = 1) → what went wrong."""
+    kl = ref_kl(s, t, temp)
+    n_pos, T2 = kl.numel(), temp**2
+    log_q = F.log_softmax(s / temp, -1)
+    p = F.softmax(t / temp, -1)
+    return {
+        "the KL term is not multiplied by T² — its gradients shrink like 1/T², so multiply by temperature**2":
+            kl.mean(),
+        "the KL term is multiplied by T, not T²": temp * kl.mean(),
+        "KL arguments swapped — distil KL(teacher ‖ student): F.kl_div(student_log_probs, teacher_probs), "
+        "the teacher's probabilities are the target": T2 * ref_kl(s, t, temp, swapped=True).mean(),
+        "wrong reduction — reduction='mean' also divides by the vocabulary size; sum over the vocabulary, "
+        "average over positions (reduction='batchmean' on (B·T, V))": T2 * kl.sum() / (n_pos * V),
+        "wrong reduction — reduction='batchmean' on (B, T, V) divides by B only; reshape to (B·T, V) first":
+            T2 * kl.sum() / B,
+        "wrong reduction — the KL is summed over positions; average it over positions": T2 * kl.sum(),
+        "the teacher's logits are not divided by the temperature": T2 * ref_kl(s, t, temp, temp_teacher=False).mean(),
+        "the student's logits are not divided by the temperature": T2 * ref_kl(s, t, temp, temp_student=False).mean(),
+        "probabilities where log-probabilities belong — F.kl_div's first argument is the student's "
+        "log_softmax, not its softmax": T2 * (p * (p.log() - log_q.exp())).sum(-1).mean(),
+        "log-probabilities where probabilities belong — weight (log p − log q) by the teacher's "
+        "probabilities p, not by log p": T2 * (p.log() * (p.log() - log_q)).sum(-1).mean(),
+    }
+
+
+def _inputs(seed: int, scale: float = 2.0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, T_LEN, V, generator=g) * scale
+    t = torch.randn(B, T_LEN, V, generator=g) * scale
+    y = torch.randint(0, V, (B, T_LEN), generator=g)
+    return s, t, y
+
+
+NAN_HINT = ("F.kl_div's target must be the teacher's probabilities (softmax), not log-probabilities or raw "
+            "logits (or pass log_target=True with log-probabilities)")
+
+
+def _loss_value(fn, s, t, y, temp, alpha, what, nan_hint=NAN_HINT):
+    s_in = s.clone().requires_grad_(True)
+    out = call(fn, s_in, t.clone(), y.clone(), temp, alpha, what=what)
+    if isinstance(out, (float, int)):
+        fail(f"{what} returned a Python number; return the loss as a tensor so that loss.backward() can run.")
+    out = expect_tensor(out, what=what)
+    if out.numel() != 1:
+        fail(f"{what} returned shape {tuple(out.shape)}, expected one number — average over positions "
+             "(and sum the KL over the vocabulary).")
+    if not out.requires_grad:
+        fail(f"{what}: the loss does not depend on the student logits through autograd — no .item(), "
+             "no torch.no_grad() and no .detach() on the student side.")
+    if not torch.isfinite(out).all():
+        fail(f"{what} returned {out.item()} — {nan_hint}.")
+    return out.detach().double().item()
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, float(b), rel_tol=1e-4, abs_tol=1e-6)
+
+
+# ------------------------------------------------------------------- checks ----
+def check_distillation_loss(distillation_loss) -> None:
+    """distillation_loss(student_logits, teacher_logits, targets, temperature, alpha) → a 0-d tensor:
+    alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, targets); logits (B, T, V)."""
+    what = "distillation_loss"
+    s, t, y = _inputs(0)
+    temp = 3.0
+    got = _loss_value(distillation_loss, s, t, y, temp, 1.0, f"{what} (alpha=1)")
+    if not _close(got, ref_distillation_loss(s, t, y, temp, 1.0)):
+        for message, value in _soft_slips(s, t, temp).items():
+            if _close(got, value):
+                fail(f"{what}: {message}.")
+        if _close(got, F.cross_entropy(s.reshape(-1, V), y.reshape(-1))):
+            fail(f"{what}: alpha=1 gave the plain cross-entropy — alpha weights the soft (teacher) term and "
+                 "1 − alpha the hard cross-entropy, not the other way round.")
+        fail(f"{what} with alpha=1 (only the soft term) gives {got:.4f}, expected {ref_distillation_loss(s, t, y, temp, 1.0):.4f}"
+             " — T² · KL(softmax(teacher/T) ‖ softmax(student/T)), summed over the vocabulary, averaged over positions.")
+    got = _loss_value(distillation_loss, s, t, y, temp, 0.0, f"{what} (alpha=0)")
+    hard = F.cross_entropy(s.reshape(-1, V), y.reshape(-1)).item()
+    if not _close(got, hard):
+        if _close(got, F.cross_entropy(s.reshape(-1, V) / temp, y.reshape(-1))):
+            fail(f"{what}: the hard-label cross-entropy uses logits divided by T — use the student's raw logits there.")
+        fail(f"{what} with alpha=0 gives {got:.4f}, expected the plain cross-entropy with the targets, {hard:.4f}.")
+    for temp, alpha, seed in ((3.0, 0.3, 1), (1.0, 0.8, 2), (0.5, 0.6, 3)):
+        s, t, y = _inputs(seed)
+        got = _loss_value(distillation_loss, s, t, y, temp, alpha, f"{what} (T={temp}, alpha={alpha})")
+        expected = ref_distillation_loss(s, t, y, temp, alpha).item()
+        if not _close(got, expected):
+            if _close(got, ref_distillation_loss(s, t, y, temp, 1 - alpha)):
+                fail(f"{what}: alpha weights the soft (teacher) term and 1 − alpha the hard cross-entropy, not the other way round.")
+            fixed = [ref_distillation_loss(s, t, y, T_, a_) for T_, a_ in ((2.0, alpha), (temp, 0.5), (2.0, 0.5))]
+            if any(_close(got, value) for value in fixed):
+                fail(f"{what}: use the temperature and alpha arguments instead of fixed values.")
+            fail(f"{what} with T={temp}, alpha={alpha} gives {got:.4f}, expected {expected:.4f} — "
+                 "alpha · soft + (1 − alpha) · hard.")
+    s, t, y = _inputs(4, scale=100.0)
+    hint = "for large logits softmax underflows to 0; take log_softmax, not log(softmax(...))"
+    got = _loss_value(distillation_loss, s, t, y, 2.0, 0.5, f"{what} (large logits)", nan_hint=hint)
+    if not _close(got, ref_distillation_loss(s.double(), t.double(), y, 2.0, 0.5)):
+        fail(f"{what} is inaccurate for large logits — {hint}.")
+    passed("distillation loss", "T², KL direction, probabilities, reduction, mixing")
+
+
+# -------------------------------------------------------------- distillation step ----
+def _models(seed=0):
+    from ..model import SLM, SLMConfig
+
+    torch.manual_seed(seed)
+    student = SLM(SLMConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2, d_model=8))
+    torch.manual_seed(seed + 100)
+    teacher = SLM(SLMConfig(vocab_size=V, block_size=8, n_layer=2, n_head=2, d_model=16)).eval()
+    with torch.no_grad():                       # a confident teacher: its soft targets are far from uniform
+        teacher.lm_head.weight.mul_(40.0)
+    return student, teacher
+
+
+def _ref_step(student, teacher, opt, x, y, temp, alpha, clip=True, no_grad=True):
+    opt.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(not no_grad):
+        t = teacher(x).logits
+    loss = ref_distillation_loss(student(x).logits, t, y, temp, alpha)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _same(a, b) -> bool:
+    return all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def check_distill_step(distill_step) -> None:
+    """distill_step(student, teacher, optimizer, x, y, temperature, alpha) → float: zero the student's
+    gradients, teacher logits without gradients, distillation loss, backward, clip to 1.0, step."""
+    what = "distill_step"
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, V, (4, 8), generator=g), torch.randint(0, V, (4, 8), generator=g)) for _ in range(2)]
+    student, teacher = _models()
+    ref_student, ref_teacher = _models()
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    ref_opt = torch.optim.SGD(ref_student.parameters(), lr=0.5)
+    temp, alpha = 2.0, 0.7
+    x, y = batches[0]
+    with torch.no_grad():
+        expected = ref_distillation_loss(ref_student(x).logits, ref_teacher(x).logits, y, temp, alpha).item()
+    loss = call(distill_step, student, teacher, opt, x, y, temp, alpha, what=what)
+    if isinstance(loss, torch.Tensor):
+        fail(f"{what} should return the loss as a Python float (loss.item()), not a tensor.")
+    if not isinstance(loss, float):
+        fail(f"{what} should return the loss as a float, got {type(loss).__name__}.")
+    if any(p.grad is not None for p in teacher.parameters()):
+        fail(f"{what}: the teacher received gradients — compute its logits under torch.no_grad(); only the student learns.")
+    if any(not torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items()):
+        fail(f"{what}: the teacher's weights changed — the optimizer must only hold the student's parameters.")
+    if not math.isclose(loss, expected, rel_tol=1e-4):
+        if math.isclose(loss, ref_distillation_loss(ref_student(x).logits, ref_teacher(x).logits, y, 2.0, 0.5).item(), rel_tol=1e-4):
+            fail(f"{what}: pass the temperature and alpha arguments on to the loss.")
+        fail(f"{what} returned loss {loss:.4f}, expected {expected:.4f} — the distillation loss of the student's "
+             "logits against the teacher's, before the update.")
+    if _same(student, ref_student):
+        fail(f"{what}: the student's parameters did not change — call loss.backward() and optimizer.step().")
+    _ref_step(ref_student, ref_teacher, ref_opt, x, y, temp, alpha)
+    call(distill_step, student, teacher, opt, *batches[1], temp, alpha, what=what)
+    _ref_step(ref_student, ref_teacher, ref_opt, *batches[1], temp, alpha)
+    if not _same(student, ref_student):
+        alt, alt_teacher = _models()
+        alt_opt = torch.optim.SGD(alt.parameters(), lr=0.5)
+        for xb, yb in batches:
+            _ref_step(alt, alt_teacher, alt_opt, xb, yb, temp, alpha, clip=False)
+        if _same(student, alt):
+            fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0) before the step.")
+        fail(f"{what}: after two steps the student differs from the reference — zero its gradients every step, "
+             "clip them to norm 1.0, then optimizer.step().")
+    passed("distill_step", "teacher frozen, loss, update, zero_grad, clipping")
+
+
+CHECKS = {"04.distillation_loss": check_distillation_loss, "04.distill_step": check_distill_step}
