@@ -43,6 +43,14 @@ def test_missing_checkpoint(tmp_path):
     one_line_error(slm_lab("generate", "--ckpt", str(tmp_path / "nope"), "--prompt", "a"), "no checkpoint directory")
 
 
+def test_export_is_a_command_and_its_errors_are_one_line(ckpt, tmp_path):
+    one_line_error(slm_lab("export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "o")),
+                   "no checkpoint directory")
+    one_line_error(slm_lab("export", "--ckpt", str(ckpt), "--format", "tflite", "--out", str(tmp_path / "o")),
+                   "format 'tflite' is not supported")
+    assert not (tmp_path / "o").exists()
+
+
 def test_prompt_outside_the_char_vocabulary(ckpt):
     one_line_error(slm_lab("generate", "--ckpt", str(ckpt), "--prompt", "abz"),
                    "character 'z' (U+007A) is not in this tokenizer's vocabulary")

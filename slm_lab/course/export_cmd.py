@@ -23,8 +23,8 @@ def run(args) -> int:
         raise SLMLabError(f"no checkpoint directory at {args.ckpt}; train one with "
                           f"`slm-lab train --preset tiny --out {args.ckpt}` or check the path.")
     written = export_checkpoint(args.ckpt, args.out, fmt=fmt, int8=args.int8, int4=args.int4)
-    for what, path in written.items():
-        print(f"{what:>10}  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
+    for path in written.values():
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if fmt == "onnx":
         print(f"run it: python -c \"from slm_lab.deploy import OnnxLM; print(OnnxLM('{written['onnx']}').generate([0], 20))\"")
     return 0

@@ -1,0 +1,201 @@
+"""Checks for lab 07 — LoRA: the LoRA layer, merging it into a plain Linear, injecting it by name.
+
+The reference is `slm_lab.lora` (LoRALinear, inject_lora); every input is fresh and random, and the
+layer under test always has in ≠ out and alpha / r ∉ {1, alpha, r/alpha}, so a transposed matrix or a
+wrong scale cannot pass by coincidence.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from . import call, expect_close, expect_tensor, fail, passed
+
+IN, OUT, R, ALPHA = 12, 10, 3, 6.0          # scaling alpha / r = 2
+
+
+def _base(seed: int = 0, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(IN, OUT, bias=bias)
+
+
+def _param(layer, name: str, shape: tuple, what: str) -> nn.Parameter:
+    p = getattr(layer, name, None)
+    if not isinstance(p, nn.Parameter):
+        fail(f"{what} should have an nn.Parameter `{name}` of shape {shape}; "
+             f"got {type(p).__name__ if p is not None else 'nothing'}.")
+    if tuple(p.shape) != shape:
+        hint = " (A maps in → r, B maps r → out)" if tuple(p.shape) == shape[::-1] else ""
+        fail(f"{what}: `{name}` has shape {tuple(p.shape)}, expected {shape}{hint}.")
+    return p
+
+
+def _scale_slip(factor: float, r: int, alpha: float) -> str | None:
+    """Name the scale a student used instead of alpha / r, if it is a common one."""
+    slips = {1.0: "the update is not scaled — multiply B·A·x by alpha / r",
+             alpha: "the update is scaled by alpha, not alpha / r",
+             r / alpha: "the scale is inverted: use alpha / r, not r / alpha",
+             alpha * r: "the update is scaled by alpha · r, not alpha / r",
+             1.0 / r: "the update is scaled by 1 / r, not alpha / r"}
+    for value, msg in slips.items():
+        if abs(factor - value) < 1e-3 * max(1.0, abs(value)):
+            return msg
+    return None
+
+
+def check_lora_linear(LoRALinear) -> None:
+    """LoRALinear(base: nn.Linear, r, alpha): frozen base + (alpha / r)·B·A·x with A (r, in), B (out, r) = 0."""
+    what = "LoRALinear"
+    base = _base()
+    w0, b0 = base.weight.detach().clone(), base.bias.detach().clone()
+    layer = call(LoRALinear, base, R, ALPHA, what=f"{what}(base, r={R}, alpha={ALPHA:g})")
+    if not isinstance(layer, nn.Module):
+        fail(f"{what} should be an nn.Module subclass (class LoRALinear(nn.Module)).")
+    A = _param(layer, "lora_A", (R, IN), what)
+    B = _param(layer, "lora_B", (OUT, R), what)
+    if B.detach().abs().max() > 0:
+        fail(f"{what}: lora_B must start at zero, so the adapted layer starts exactly equal to the base layer "
+             f"(max |B| = {B.detach().abs().max().item():.3g}).")
+    if A.detach().abs().max() == 0:
+        fail(f"{what}: lora_A is all zeros too — with A = B = 0 neither gets a gradient and nothing ever trains; "
+             "initialise A randomly (only B starts at zero).")
+    for name, p in (("weight", base.weight), ("bias", base.bias)):
+        if p.requires_grad:
+            fail(f"{what}: the base layer's {name} is still trainable — freeze it with requires_grad_(False); "
+                 "only lora_A and lora_B should train.")
+    trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+    if trainable != R * (IN + OUT):
+        fail(f"{what} has {trainable} trainable numbers, expected r·(in + out) = {R * (IN + OUT)} (just A and B).")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, IN, generator=g)
+    with torch.no_grad():
+        ref_start = x @ w0.T + b0
+    out = call(layer, x, what=what)
+    expect_tensor(out, what=what, shape=(4, 5, OUT))
+    expect_close(out, ref_start, what=f"{what} at initialisation", atol=1e-5,
+                 hint="with B = 0 the output must be the base layer's output, bias included")
+    with torch.no_grad():                       # a trained-looking adapter
+        A.copy_(torch.randn(R, IN, generator=g))
+        B.copy_(torch.randn(OUT, R, generator=g))
+    out = call(layer, x, what=what)
+    delta = (x @ A.detach().T @ B.detach().T)
+    ref = ref_start + (ALPHA / R) * delta
+    if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
+        got = (out.detach() - ref_start)
+        factor = float((got * delta).sum() / (delta * delta).sum())
+        if torch.allclose(got, factor * delta, atol=1e-3, rtol=1e-3):
+            slip = _scale_slip(factor, R, ALPHA)
+            if slip:
+                fail(f"{what}: {slip} (= {ALPHA / R:g} here).")
+        expect_close(out, ref, what=what, atol=1e-4,
+                     hint="output = base(x) + (alpha / r) · (x @ A.T) @ B.T")
+    loss = call(layer, x, what=what).pow(2).sum()
+    loss.backward()
+    for name, p in (("lora_A", A), ("lora_B", B)):
+        if p.grad is None or p.grad.abs().max() == 0:
+            fail(f"{what}: no gradient reaches {name} — use the parameter itself in forward (no .data, .detach(), no copy).")
+    if base.weight.grad is not None:
+        fail(f"{what}: the base weight received a gradient — it should be frozen.")
+    if not (torch.equal(base.weight.detach(), w0) and torch.equal(base.bias.detach(), b0)):
+        fail(f"{what} changed the base layer's weights — the base must stay exactly as it was.")
+    passed("LoRA layer", "B = 0 at start, frozen base, alpha / r scaling, gradients")
+
+
+def _lora(seed: int = 0, bias: bool = True):
+    from ..lora import LoRALinear
+
+    layer = LoRALinear(_base(seed, bias), r=R, alpha=ALPHA)
+    g = torch.Generator().manual_seed(seed + 10)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.randn(R, IN, generator=g))
+        layer.lora_B.copy_(torch.randn(OUT, R, generator=g))
+    return layer
+
+
+def check_merge(merge_lora) -> None:
+    """merge_lora(layer) → a new nn.Linear with weight W + (alpha / r)·B·A and the same bias."""
+    what = "merge_lora"
+    for bias in (True, False):
+        layer = _lora(bias=bias)
+        before = copy.deepcopy(layer.state_dict())
+        merged = call(merge_lora, layer, what=what)
+        if not isinstance(merged, nn.Linear):
+            fail(f"{what} should return an nn.Linear (a plain layer with no adapter), got {type(merged).__name__}.")
+        if any(not torch.equal(v, layer.state_dict()[k]) for k, v in before.items()):
+            fail(f"{what} changed the LoRA layer it was given — build a new Linear (clone the weight) and leave "
+                 "the adapter as it was.")
+        if tuple(merged.weight.shape) != (OUT, IN):
+            fail(f"{what}: the merged weight has shape {tuple(merged.weight.shape)}, expected (out, in) = {(OUT, IN)}.")
+        if bias and merged.bias is None:
+            fail(f"{what}: the merged layer has no bias but the base layer had one — copy it over.")
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(6, IN, generator=g)
+        with torch.no_grad():
+            ref = layer(x)
+            out = call(merged, x, what=f"the layer {what} returned")
+        if not torch.allclose(out, ref, atol=1e-5, rtol=1e-5):
+            base = layer.base(x)
+            got, delta = out - base, (x @ (layer.lora_B @ layer.lora_A).T).detach()
+            factor = float((got * delta).sum() / (delta * delta).sum())
+            if torch.allclose(got, factor * delta, atol=1e-3, rtol=1e-3) and _scale_slip(factor, R, ALPHA):
+                fail(f"{what}: {_scale_slip(factor, R, ALPHA)} (= {ALPHA / R:g}) when merging.")
+            expect_close(out, ref, what=f"{what}: merged(x) vs layer(x)", atol=1e-5,
+                         hint="W_merged = W + (alpha / r) · B @ A, shape (out, in)")
+    passed("merge", "merged Linear equals the adapted layer within 1e-5; the adapter is untouched")
+
+
+def _small_model(family: str = "llama"):
+    from ..model import SLM, SLMConfig
+
+    torch.manual_seed(0)
+    return SLM(SLMConfig(family=family, vocab_size=17, block_size=16, n_layer=2, n_head=2, d_model=16)).eval()
+
+
+def _has_adapter(module) -> bool:
+    return isinstance(getattr(module, "lora_A", None), nn.Parameter) and isinstance(getattr(module, "lora_B", None), nn.Parameter)
+
+
+def check_inject(inject_lora) -> None:
+    """inject_lora(model, targets, r, alpha) → names: wrap Linears named `t` or ending in `.t`; freeze the rest."""
+    what = "inject_lora"
+    for family, targets in (("llama", ("q_proj", "v_proj")), ("gpt2", ("proj",))):
+        model = _small_model(family)
+        ids = torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            before = model(ids).logits
+        expected = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                    and any(n == t or n.endswith("." + t) for t in targets)]
+        shapes = {n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in expected}
+        names = call(inject_lora, model, targets, 2, 4.0, what=f"{what}(model, {targets}, r=2, alpha=4)")
+        if not isinstance(names, (list, tuple)):
+            fail(f"{what} should return the list of names it wrapped, got {type(names).__name__}.")
+        wrapped = [n for n, m in model.named_modules() if _has_adapter(m)]
+        for n in expected:
+            if n not in wrapped:
+                kind = type(model.get_submodule(n)).__name__
+                fail(f"{what}(targets={targets}): {n} is still a plain {kind} — replace it on its parent module "
+                     "(setattr(parent, child_name, LoRALinear(...))).")
+        for n in wrapped:
+            if n not in expected:
+                fail(f"{what}(targets={targets}): {n} was wrapped but its name is not a target — match whole names "
+                     "(name == t or name.endswith('.' + t)), not substrings.")
+        if sorted(map(str, names)) != sorted(expected):
+            fail(f"{what} returned {sorted(map(str, names))[:4]}…, expected the wrapped names {expected[:4]}….")
+        for n, p in model.named_parameters():
+            if p.requires_grad and not n.endswith(("lora_A", "lora_B")):
+                fail(f"{what}: {n} is still trainable — freeze every parameter of the model, then leave only the "
+                     "adapters' A and B trainable.")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        want = sum(2 * (i + o) for i, o in shapes.values())
+        if trainable != want:
+            fail(f"{what}: {trainable} trainable numbers, expected Σ r·(in + out) = {want} over the wrapped layers.")
+        with torch.no_grad():
+            after = model(ids).logits
+        expect_close(after, before, what=f"{what}: the model's logits right after injection", atol=1e-5,
+                     hint="freshly injected adapters (B = 0) must not change the model")
+    passed("inject_lora", "whole-name matching, replaced on the parent, everything else frozen, output unchanged")
+
+
+CHECKS = {"07.lora_linear": check_lora_linear, "07.merge": check_merge, "07.inject": check_inject}
