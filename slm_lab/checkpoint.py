@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -50,13 +49,9 @@ class Checkpoint:
     path: Path
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
-                    build: Callable[[dict], SLM] | None = None) -> Checkpoint:
-    """Load model (eval mode), tokenizer and meta from a checkpoint directory.
-
-    `build` turns config.json's "model" dict into an empty model (default: SLM(SLMConfig.from_dict(d)));
-    slm_lab.prune passes one for models whose heads were removed.
-    """
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load model (eval mode), tokenizer and meta from a checkpoint directory (pruned models included:
+    the config records their head_dim and widths)."""
     from .tokenizer import load_tokenizer
 
     directory = Path(directory)
@@ -69,10 +64,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                               "point at a directory written by save_checkpoint or `slm-lab train`.")
     try:
         config = json.loads((directory / "config.json").read_text())
-        model = (build or (lambda d: SLM(SLMConfig.from_dict(d))))(config["model"])
+        cfg = SLMConfig.from_dict(config["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SLMLabError(f"{directory / 'config.json'} is unreadable ({exc}); re-save the checkpoint.") from None
-    cfg = model.cfg
+    model = SLM(cfg)
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for truncated files
@@ -93,12 +88,3 @@ def load_trainer_state(directory: str | Path) -> dict:
         raise SLMLabError(f"{directory} has no trainer_state.pt, so training cannot resume from it; "
                           "save with trainer state or start a fresh run.")
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-# Older names, kept for modules written against them.
-atomic_write_text = write_text
-
-
-def _atomic(path: Path, writer) -> None:
-    with atomic_path(path) as tmp:
-        writer(str(tmp))

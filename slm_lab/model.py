@@ -32,6 +32,7 @@ class SLMConfig:
     n_head: int = 4
     n_kv_head: int | None = None   # < n_head: grouped-query attention (Llama family)
     d_model: int = 128
+    head_dim: int | None = None    # default d_model // n_head; smaller when heads were pruned (slm_lab.prune)
     d_ff: int | None = None        # MLP width; default 4·D (GPT-2) or ≈ 8/3·D rounded to 32 (SwiGLU)
     dropout: float = 0.0
     bias: bool | None = None       # default True for GPT-2, False for Llama
@@ -45,7 +46,7 @@ class SLMConfig:
             raise SLMLabError(f"family={self.family!r} is unknown; use 'gpt2' or 'llama'.")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.d_model % self.n_head:
+        if self.head_dim is None and self.d_model % self.n_head:
             raise SLMLabError(
                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
                 "choose them so each head gets d_model // n_head dimensions.")
@@ -54,21 +55,19 @@ class SLMConfig:
                               "each key/value head must serve the same number of query heads.")
         if self.family == "gpt2" and self.n_kv_head != self.n_head:
             raise SLMLabError("grouped-query attention (n_kv_head < n_head) belongs to the Llama family; use family='llama'.")
-        if self.family == "llama" and (self.d_model // self.n_head) % 2:
-            raise SLMLabError(f"RoPE needs an even head dimension, got {self.d_model // self.n_head}; change d_model or n_head.")
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_head
+        if self.family == "llama" and self.head_dim % 2:
+            raise SLMLabError(f"RoPE needs an even head dimension, got {self.head_dim}; change d_model or n_head.")
         if self.attn_impl not in ("sdpa", "explicit"):
             raise SLMLabError(f"attn_impl={self.attn_impl!r} is unknown; use 'sdpa' or 'explicit'.")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.family == "gpt2" else 32 * math.ceil(8 * self.d_model / 3 / 32)
         if self.bias is None:
             self.bias = self.family == "gpt2"
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "head_dim", "d_ff"):
             if getattr(self, name) <= 0:
                 raise SLMLabError(f"{name}={getattr(self, name)} must be a positive integer.")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.use_rope = cfg.family == "llama"
         self.impl = cfg.attn_impl
         self.dropout = cfg.dropout

@@ -18,18 +18,13 @@ Shapes: D d_model, H query heads, K kv heads (groups), r = H / K, hd head dim, F
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import Checkpoint, load_checkpoint
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
 
-# Does SLMConfig have its own head_dim field (then it can describe removed heads, and PrunedConfig is unused)?
-_CONFIG_HAS_HEAD_DIM = "head_dim" in {f.name for f in fields(SLMConfig)}
 # Linear layers inside the blocks; embeddings, the (tied) head and the norms are never pruned.
 PRUNABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate", "up", "down", "fc", "proj")
 
@@ -123,22 +118,6 @@ def keep_masks(model: nn.Module, masks: dict[str, torch.Tensor],
 
 
 # ------------------------------------------------------------------- structured ----
-@dataclass
-class PrunedConfig(SLMConfig):
-    """SLMConfig with an explicit head_dim: after heads are removed, n_head · head_dim < d_model.
-
-    (A stand-in until SLMConfig itself has a head_dim field; config.json then reads back unchanged.)
-    """
-    head_dim: int | None = None
-
-    def __post_init__(self):   # the shape comes from a valid model; check only what pruning can break
-        if self.n_kv_head is None or self.d_ff is None or self.bias is None or not self.head_dim:
-            raise SLMLabError("a pruned config needs n_kv_head, d_ff, bias and head_dim; build it with prune_structured.")
-        if self.n_head <= 0 or self.n_kv_head <= 0 or self.n_head % self.n_kv_head or self.d_ff <= 0:
-            raise SLMLabError(f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, d_ff={self.d_ff}: keep at least "
-                              "one head and one neuron, and whole groups of query heads per kv head.")
-
-
 @torch.no_grad()
 def unit_importance(model: SLM, batches: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(heads (n_layer, K), neurons (n_layer, F)): the mean L2 norm over calibration tokens of what each
@@ -243,27 +222,7 @@ def prune_structured(model: SLM, batches: list, n_kv_head: int | None = None, d_
         if d_ff < F:
             remove_neurons(block.mlp, neurons[i].topk(d_ff).indices)
     attn = pruned.blocks[0].attn
-    shape = dict(cfg.to_dict(), n_head=attn.n_head, n_kv_head=attn.n_kv_head, d_ff=d_ff)
-    if _CONFIG_HAS_HEAD_DIM:
-        pruned.cfg = SLMConfig.from_dict({**shape, "head_dim": attn.head_dim})
-    elif attn.n_head * attn.head_dim == cfg.d_model:    # no heads removed: an ordinary config
-        pruned.cfg = SLMConfig.from_dict(shape)
-    else:
-        pruned.cfg = PrunedConfig(**{**shape, "head_dim": attn.head_dim})
+    pruned.cfg = SLMConfig.from_dict(dict(cfg.to_dict(), n_head=attn.n_head, n_kv_head=attn.n_kv_head,
+                                          head_dim=attn.head_dim, d_ff=d_ff))
     return pruned
 
-
-def load_pruned(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint written by slm_lab.checkpoint.save_checkpoint, structurally pruned or not."""
-    return load_checkpoint(directory, device, build=_build_pruned)
-
-
-def _build_pruned(shape: dict) -> SLM:
-    """An empty model at config.json's shape, including a head_dim that SLMConfig cannot describe yet."""
-    if "head_dim" not in shape or _CONFIG_HAS_HEAD_DIM:
-        return SLM(SLMConfig.from_dict(shape))
-    cfg = PrunedConfig(**shape)
-    model = SLM(cfg)
-    for block in model.blocks:      # SLM sizes o_proj's input as d_model; a pruned one reads n_head · head_dim
-        block.attn.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
-    return model

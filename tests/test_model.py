@@ -108,12 +108,25 @@ def test_rope_rotates_pairs_half_apart_and_preserves_norm():
     torch.testing.assert_close(y[0, 0, 1, 0], expected0)
 
 
+def test_head_dim_defaults_to_d_model_over_heads_and_can_be_narrower():
+    cfg = SLMConfig(vocab_size=10, d_model=32, n_head=4)
+    assert cfg.head_dim == 8
+    old = {k: v for k, v in cfg.to_dict().items() if k != "head_dim"}      # a config.json written before the field
+    assert SLMConfig.from_dict(old) == cfg
+    narrow = small(family="llama", n_head=2, head_dim=8)                   # as after pruning two of four heads
+    attn = narrow.blocks[0].attn
+    assert (attn.q_proj.out_features, attn.o_proj.in_features, attn.o_proj.out_features) == (16, 16, 32)
+    assert narrow(torch.randint(0, 37, (2, 5))).logits.shape == (2, 5, 37)
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(d_model=30, n_head=4), "not divisible by n_head"),
     (dict(n_head=4, n_kv_head=3), "not a multiple of n_kv_head"),
     (dict(family="gpt2", n_kv_head=2), "grouped-query attention"),
     (dict(family="bert"), "family='bert' is unknown"),
     (dict(attn_impl="flash"), "attn_impl"),
+    (dict(family="llama", head_dim=7), "RoPE needs an even head dimension"),
+    (dict(head_dim=0), "head_dim=0 must be a positive integer"),
 ])
 def test_bad_configs_raise_one_clear_error(kw, words):
     with pytest.raises(SLMLabError, match=words):

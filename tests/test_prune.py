@@ -178,21 +178,17 @@ def test_a_pruned_model_saves_and_reloads_exactly(tmp_path):
     for name, kw in (("heads", dict(n_kv_head=1, d_ff=40)), ("neurons", dict(d_ff=40))):
         pruned = P.prune_structured(model, batches, **kw)
         save_checkpoint(tmp_path / name, pruned, meta={"pruned": kw})
-        ck = P.load_pruned(tmp_path / name)
+        ck = load_checkpoint(tmp_path / name)
         assert torch.equal(ck.model(ids(3)).logits, pruned.eval()(ids(3)).logits)
         assert ck.model.num_parameters() == pruned.num_parameters() and ck.meta["pruned"] == kw
         assert torch.equal(ck.model.generate(ids(3)[:, :4], 6, seed=0), pruned.generate(ids(3)[:, :4], 6, seed=0))
-    # without removed heads the config is an ordinary SLMConfig: the plain loader reads it too
     assert load_checkpoint(tmp_path / "neurons").model.cfg.d_ff == 40
-    # with removed heads it needs a head_dim field: the plain loader reads it once SLMConfig has one
-    if P._CONFIG_HAS_HEAD_DIM:
-        assert load_checkpoint(tmp_path / "heads").model.num_parameters() == P.load_pruned(tmp_path / "heads").model.num_parameters()
-    else:
-        with pytest.raises(SLMLabError, match="unknown fields"):
-            load_checkpoint(tmp_path / "heads")
+    # with removed heads, n_head · head_dim < d_model: the config records head_dim
+    heads = load_checkpoint(tmp_path / "heads").model.cfg
+    assert heads.n_head * heads.head_dim < heads.d_model and heads.head_dim == model.cfg.head_dim
     torch.save({}, tmp_path / "heads" / "model.safetensors")
     with pytest.raises(SLMLabError, match="corrupt"):
-        P.load_pruned(tmp_path / "heads")
+        load_checkpoint(tmp_path / "heads")
 
 
 def test_structured_pruning_can_only_remove_units():
