@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 
-from slm_lab import deploy
+from slm_lab import measure
 from slm_lab.checkpoint import load_checkpoint, save_checkpoint
 from slm_lab.evaluate import fixed_batches, mean_loss
 from slm_lab.onnx_export import export_onnx
+from slm_lab.onnx_quantize import quantize_int4, quantize_int8
+from slm_lab.onnx_runtime import onnx_mean_loss
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
@@ -72,14 +74,14 @@ def main() -> int:
     t0 = time.perf_counter()
     fp32 = export_onnx(ckpt.model, work / "model.onnx")
     export_s = time.perf_counter() - t0
-    int8 = deploy.quantize_int8(fp32, work / "model.int8.onnx")
-    int4 = deploy.quantize_int4(fp32, work / "model.int4.onnx")
+    int8 = quantize_int8(fp32, work / "model.int8.onnx")
+    int4 = quantize_int4(fp32, work / "model.int4.onnx")
     configs = {"pytorch fp32": ("pytorch", ckpt_dir, Path(ckpt_dir) / "model.safetensors"),
                "onnxruntime fp32": ("onnxruntime", fp32, fp32),
                "onnxruntime int8": ("onnxruntime", int8, int8),
                "onnxruntime int4": ("onnxruntime", int4, int4)}
-    profile = deploy.DeviceProfile(threads=args.threads, memory_budget_mib=args.budget_mib)
-    rows = deploy.measure_all(configs, prompt, args.new_tokens, repeats=args.repeats, profile=profile, progress=False)
+    profile = measure.DeviceProfile(threads=args.threads, memory_budget_mib=args.budget_mib)
+    rows = measure.measure_all(configs, prompt, args.new_tokens, repeats=args.repeats, profile=profile, progress=False)
 
     # Accuracy on held-out Shakespeare: the same fixed batches for every variant.
     torch.set_num_threads(args.threads)
@@ -92,7 +94,7 @@ def main() -> int:
     batches = fixed_batches(val, block, 8, 2 if args.quick else 10, seed=0)
     losses = {"pytorch fp32": mean_loss(ckpt.model, batches)}
     for name, path in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8), ("onnxruntime int4", int4)):
-        losses[name] = deploy.onnx_mean_loss(path, batches)
+        losses[name] = onnx_mean_loss(path, batches)
     ref_tokens = rows[0]["tokens"]
     for r in rows:
         r["path"] = Path(r["path"]).name                      # no machine-specific paths in the results
@@ -105,7 +107,7 @@ def main() -> int:
     by = {r["name"]: r for r in rows}
     speedup = by["onnxruntime int8"]["decode_tokens_per_s"] / by["pytorch fp32"]["decode_tokens_per_s"]
     size_ratio = by["onnxruntime int8"]["file_mb"] / by["onnxruntime fp32"]["file_mb"]
-    print(deploy.format_table(rows))
+    print(measure.format_table(rows))
     print("\nval loss: " + ", ".join(f"{n} {losses[n]:.4f}" for n in losses))
     print("greedy tokens equal to PyTorch: " + ", ".join(f"{r['name']} {r['greedy_tokens_equal_pytorch']}" for r in rows))
     print(f"target (1 thread): int8 decode {speedup:.2f}× PyTorch eager fp32 (≥ 2: {'met' if speedup >= 2 else 'MISSED'}), "

@@ -61,13 +61,13 @@ def vocab_size() -> int:
 
 def onnxruntime_decode(model: SLM, prompt: int, new: int, repeats: int, threads: int) -> float:
     """Decode tokens/s of `model` exported to ONNX (KV cache) and run by ONNX Runtime, same prompt and steps."""
-    from slm_lab import deploy
+    from slm_lab.measure import measure_in_process
     from slm_lab.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
         ids = [i % model.cfg.vocab_size for i in range(1, prompt + 1)]
-        return deploy.measure("onnxruntime", str(path), ids, new, repeats=repeats, threads=threads)["decode_tokens_per_s"]
+        return measure_in_process("onnxruntime", str(path), ids, new, repeats=repeats, threads=threads)["decode_tokens_per_s"]
 
 
 def measure(card: sizing.ModelCard, repeats: int, onnx: bool = False, threads: int = 2) -> dict:

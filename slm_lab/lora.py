@@ -180,8 +180,9 @@ def strip_lora(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------ counting ----
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) distinct parameters (a tied weight counts once)."""
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) numbers in the model's distinct parameters (a tied weight counts once): what trains
+    under LoRA, out of all it holds. (The count from a config, by formula, is slm_lab.sizing.count_parameters.)"""
     params = list(model.parameters())     # .parameters() already yields a shared tensor once
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
@@ -315,35 +316,3 @@ def _hf_layer_name(name: str) -> str:
     """blocks.3.attn.q_proj → model.layers.3.self_attn.q_proj; blocks.3.mlp.up → model.layers.3.mlp.up_proj."""
     _, i, part, short = name.split(".")
     return f"model.layers.{i}.{'self_attn' if part == 'attn' else 'mlp'}.{HF_LLAMA_NAMES[short]}"
-
-
-# ------------------------------------------------------------ domain data ----
-# Typographic characters with an exact ASCII spelling; everything else unknown becomes FALLBACK.
-ASCII_FOLD = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
-              "\u2026": "..."}
-FALLBACK = "@"    # the rarest character in both corpora: our stand-in for "unknown", like <unk>
-
-
-def fit_to_vocabulary(text: str, tokenizer, fallback: str = FALLBACK) -> tuple[str, dict]:
-    """Make text encodable by a char tokenizer: fold typographic characters to ASCII, replace the rest by
-    `fallback`. Returns (text, report) with how many characters were folded and replaced."""
-    vocab = set(tokenizer.chars)
-    if fallback not in vocab:
-        raise SLMLabError(f"the fallback character {fallback!r} is not in the tokenizer's vocabulary; pick one that is.")
-    folded = replaced = 0
-    unknown: dict[str, int] = {}
-    out = []
-    for ch in text:
-        if ch in vocab:
-            out.append(ch)
-        elif ch in ASCII_FOLD and all(c in vocab for c in ASCII_FOLD[ch]):
-            out.append(ASCII_FOLD[ch])
-            folded += 1
-        else:
-            out.append(fallback)
-            replaced += 1
-            unknown[ch] = unknown.get(ch, 0) + 1
-    report = {"chars": len(text), "folded": folded, "replaced": replaced,
-              "folded_share": folded / max(1, len(text)), "replaced_share": replaced / max(1, len(text)),
-              "unknown": dict(sorted(unknown.items(), key=lambda kv: -kv[1]))}
-    return "".join(out), report

@@ -9,7 +9,9 @@ Prefill feeds the prompt with an empty past (P = 0); each decode step feeds one 
 presents of the previous call. Batch, T and P are dynamic axes. The export traces the model with
 `torch.export` (`torch.onnx.export(..., dynamo=True)`, PyTorch's supported exporter) and lets
 onnxscript's optimizer fold constants (weights pre-transposed for MatMul, so int8 quantization finds
-them). The runtime side — sessions, decoding, quantization, measurement — is `slm_lab.deploy`.
+them). The runtime side, which never imports torch, is `slm_lab.onnx_runtime`: sessions, decoding, and
+the graph's input/output names (`input_names`, `output_names`), which this module imports. Quantizing the
+exported file is `slm_lab.onnx_quantize`; measuring it, `slm_lab.measure`.
 """
 from __future__ import annotations
 
@@ -25,20 +27,12 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_path
-from .deploy import META_KEY
 from .errors import SLMLabError
 from .model import SLM
+from .onnx_runtime import META_KEY, input_names, load_session, output_names
 
 CONFIG_FILE, ONNX_FILE, TOKENIZER_FILE = "deploy_config.json", "model.onnx", "tokenizer.json"
 FORMATS = ("onnx", "hf")
-
-
-def input_names(n_layer: int) -> list[str]:
-    return ["input_ids"] + [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
-
-
-def output_names(n_layer: int) -> list[str]:
-    return ["logits"] + [f"present_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
 
 
 class FlatKVModel(nn.Module):
@@ -168,7 +162,7 @@ def _export_into(ckpt, folder: Path, fmt: str, int8: bool, int4: bool) -> dict[s
             if p.is_file() and p.name != TOKENIZER_FILE:
                 written[p.name] = p
         return written
-    from .deploy import quantize_int4, quantize_int8
+    from .onnx_quantize import quantize_int4, quantize_int8
 
     written["onnx"] = export_onnx(ckpt.model, folder / ONNX_FILE)
     config = {**deploy_config(ckpt.model), "source": str(ckpt.path)}
@@ -184,8 +178,6 @@ def _export_into(ckpt, folder: Path, fmt: str, int8: bool, int4: bool) -> dict[s
 @torch.no_grad()
 def max_logit_difference(model: SLM, onnx_path: str | Path, ids: torch.Tensor, past_len: int = 0) -> float:
     """Largest |logit_onnx − logit_torch| for ids (B, T) after a random past of past_len positions."""
-    from .deploy import load_session
-
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
     past = [torch.randn(ids.shape[0], cfg.n_kv_head, past_len, cfg.head_dim, generator=g) for _ in range(2 * cfg.n_layer)]

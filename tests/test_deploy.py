@@ -1,14 +1,16 @@
 """Deployment: ONNX export parity with a KV cache, greedy tokens equal PyTorch's, sampling rules, int8/int4
-accuracy and size, the measurement worker, and `slm-lab export`."""
+accuracy and size, the measurement worker, and `slm-lab export` (onnx_export, onnx_runtime, onnx_quantize, measure)."""
 import argparse
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from slm_lab import deploy
+from slm_lab import measure, onnx_runtime
 from slm_lab.checkpoint import save_checkpoint
 from slm_lab.errors import SLMLabError
 from slm_lab.model import SLM, SLMConfig, sample_next
@@ -22,6 +24,7 @@ pytest.importorskip("onnxscript")
 from slm_lab import onnx_export  # noqa: E402
 from slm_lab.course import export_cmd  # noqa: E402
 from slm_lab.onnx_export import export_onnx, max_logit_difference  # noqa: E402
+from slm_lab.onnx_quantize import quantize_int4, quantize_int8  # noqa: E402
 
 def sharp(model, scale=2.5, seed=0):
     """Large random weights: confident, context-dependent predictions (like a trained model's)."""
@@ -61,6 +64,23 @@ def test_export_parity_prefill_and_decode(exported):
         assert max_logit_difference(model, path, ids, P) < 1e-4, (B, T, P)
 
 
+def test_graph_names_have_one_definition(exported):
+    model, _, path, _, _ = exported
+    session = onnx_runtime.load_session(path)
+    n = model.cfg.n_layer
+    assert [i.name for i in session.get_inputs()] == onnx_runtime.input_names(n)
+    assert [o.name for o in session.get_outputs()] == onnx_runtime.output_names(n)
+    assert onnx_runtime.input_names(1) == ["input_ids", "past_key_0", "past_value_0"]     # what the labs teach
+    assert onnx_export.deploy_config(model)["inputs"] == onnx_runtime.input_names(n)
+
+
+def test_runtime_quantize_and_measure_never_import_torch():
+    code = ("import sys; import slm_lab.onnx_runtime, slm_lab.onnx_quantize, slm_lab.measure; "
+            "print(sorted(m for m in ('torch', 'slm_lab.model', 'slm_lab.onnx_export') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_gpt2_family_exports_too(tmp_path):
     model = sharp(SLM(SLMConfig(family="gpt2", vocab_size=20, block_size=16, n_layer=1, n_head=2, d_model=16)))
     path = export_onnx(model, tmp_path / "gpt2.onnx")
@@ -70,7 +90,7 @@ def test_gpt2_family_exports_too(tmp_path):
 
 def test_greedy_tokens_equal_pytorch_even_past_the_block(exported):
     model, _, path, _, _ = exported
-    lm = deploy.OnnxLM(path)
+    lm = onnx_runtime.OnnxLM(path)
     prompt = torch.randint(0, model.cfg.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
     for n in (12, 60):                                    # 60 + 5 > block_size 40: sliding window
         ref = model.generate(prompt, n, temperature=0)
@@ -81,11 +101,11 @@ def test_greedy_tokens_equal_pytorch_even_past_the_block(exported):
 def test_filtering_matches_the_definitions():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 30)).astype(np.float32) * 2
-    z = deploy.filter_logits(logits, temperature=0.7, top_k=5)
+    z = onnx_runtime.filter_logits(logits, temperature=0.7, top_k=5)
     for row, zrow in zip(logits, z):
         assert set(np.flatnonzero(np.isfinite(zrow))) == set(np.argsort(-row)[:5])
         np.testing.assert_allclose(zrow[np.isfinite(zrow)], row[np.isfinite(zrow)] / 0.7, rtol=1e-6)
-    z = deploy.filter_logits(logits, temperature=1.0, top_p=0.6)
+    z = onnx_runtime.filter_logits(logits, temperature=1.0, top_p=0.6)
     for row, zrow in zip(logits, z):
         order = np.argsort(-row)
         p = np.exp(row[order] - row.max())
@@ -97,21 +117,21 @@ def test_filtering_matches_the_definitions():
 def test_sampling_follows_the_distribution_and_the_seed():
     logits = np.array([[2.0, 1.0, 0.0, -1.0, 0.5]], np.float32)
     rng = np.random.default_rng(0)
-    draws = np.array([deploy.sample_next(logits, 0.8, rng=rng)[0, 0] for _ in range(20000)])
+    draws = np.array([onnx_runtime.sample_next_numpy(logits, 0.8, rng=rng)[0, 0] for _ in range(20000)])
     p = torch.softmax(torch.tensor(logits[0]) / 0.8, -1).numpy()
     np.testing.assert_allclose(np.bincount(draws, minlength=5) / 20000, p, atol=0.015)
     # PyTorch's sampler agrees on the distribution (different generator, same law).
     torch_draws = sample_next(torch.tensor(logits).expand(20000, 5), 0.8, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(np.bincount(torch_draws[:, 0].numpy(), minlength=5) / 20000, p, atol=0.015)
-    assert deploy.sample_next(logits, 1.0, top_k=1)[0, 0] == 0                # top-k 1 is greedy
-    a = deploy.sample_next(np.tile(logits, (8, 1)), 1.0, rng=np.random.default_rng(5))
-    b = deploy.sample_next(np.tile(logits, (8, 1)), 1.0, rng=np.random.default_rng(5))
+    assert onnx_runtime.sample_next_numpy(logits, 1.0, top_k=1)[0, 0] == 0                # top-k 1 is greedy
+    a = onnx_runtime.sample_next_numpy(np.tile(logits, (8, 1)), 1.0, rng=np.random.default_rng(5))
+    b = onnx_runtime.sample_next_numpy(np.tile(logits, (8, 1)), 1.0, rng=np.random.default_rng(5))
     assert np.array_equal(a, b)
 
 
 def test_sampled_generation_is_seeded(exported):
     _, _, path, _, _ = exported
-    lm = deploy.OnnxLM(path)
+    lm = onnx_runtime.OnnxLM(path)
     a = lm.generate([1, 2, 3], 20, temperature=0.9, top_k=10, seed=3)
     assert np.array_equal(a, lm.generate([1, 2, 3], 20, temperature=0.9, top_k=10, seed=3))
     assert not np.array_equal(a, lm.generate([1, 2, 3], 20, temperature=0.9, top_k=10, seed=4))
@@ -131,40 +151,40 @@ def test_int8_and_int4_accuracy_and_size(exported):
     """Stated bounds: int8 val loss within 1% of fp32 and the same argmax at ≥ 95% of positions; int4 within 3%
     and ≥ 90%. The int8 file is ≤ 0.3× the fp32 file, the int4 file smaller still."""
     model, _, path, folder, val = exported
-    q8 = deploy.quantize_int8(path, folder / "model.int8.onnx")
-    q4 = deploy.quantize_int4(path, folder / "model.int4.onnx")
+    q8 = quantize_int8(path, folder / "model.int8.onnx")
+    q4 = quantize_int4(path, folder / "model.int4.onnx")
     batches = fixed_batches(val, 40, 8, 3, seed=0)
-    ref = deploy.onnx_mean_loss(path, batches)
+    ref = onnx_runtime.onnx_mean_loss(path, batches)
     assert abs(ref - mean_loss(model, batches)) < 1e-4                          # NumPy loss = PyTorch loss
     x = batches[0][0].numpy()
-    ref_top = deploy.OnnxLM(path).forward(x)[0].argmax(-1)
+    ref_top = onnx_runtime.OnnxLM(path).forward(x)[0].argmax(-1)
     for q, tol, agree in ((q8, 0.01, 0.95), (q4, 0.03, 0.90)):
-        assert abs(deploy.onnx_mean_loss(q, batches) - ref) <= tol * ref, q.name
-        assert (deploy.OnnxLM(q).forward(x)[0].argmax(-1) == ref_top).mean() >= agree, q.name
+        assert abs(onnx_runtime.onnx_mean_loss(q, batches) - ref) <= tol * ref, q.name
+        assert (onnx_runtime.OnnxLM(q).forward(x)[0].argmax(-1) == ref_top).mean() >= agree, q.name
     assert q8.stat().st_size <= 0.3 * path.stat().st_size
     assert q4.stat().st_size < q8.stat().st_size
-    assert deploy.OnnxLM(q8).spec == deploy.OnnxLM(path).spec                # the config travels along
+    assert onnx_runtime.OnnxLM(q8).spec == onnx_runtime.OnnxLM(path).spec                # the config travels along
 
 
 def test_runtime_errors_are_one_sentence(exported, tmp_path):
     _, _, path, _, _ = exported
-    lm = deploy.OnnxLM(path)
+    lm = onnx_runtime.OnnxLM(path)
     with pytest.raises(SLMLabError, match="exceed block_size=40"):
         lm.forward(np.zeros((1, 41), np.int64))
     with pytest.raises(SLMLabError, match="outside the vocabulary"):
         lm.forward(np.array([[999]]))
     with pytest.raises(SLMLabError, match="no ONNX model at"):
-        deploy.load_session(tmp_path / "missing.onnx")
+        onnx_runtime.load_session(tmp_path / "missing.onnx")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(SLMLabError, match="cannot load"):
-        deploy.load_session(tmp_path / "bad.onnx")
+        onnx_runtime.load_session(tmp_path / "bad.onnx")
 
 
 def test_measurement_workers_agree_and_onnx_runs_without_torch(exported):
     model, _, path, folder, _ = exported
     prompt = [1, 5, 2, 7, 3]
-    ort_row = deploy.run_measurement("onnxruntime", path, prompt, new_tokens=8, repeats=2)
-    torch_row = deploy.run_measurement("pytorch", folder / "ckpt", prompt, new_tokens=8, repeats=2)
+    ort_row = measure.run_measurement("onnxruntime", path, prompt, new_tokens=8, repeats=2)
+    torch_row = measure.run_measurement("pytorch", folder / "ckpt", prompt, new_tokens=8, repeats=2)
     ref = model.generate(torch.tensor([prompt]), 8, temperature=0)[0, 5:].tolist()
     assert ort_row["tokens"] == torch_row["tokens"] == ref
     assert ort_row["torch_imported"] is False and torch_row["torch_imported"] is True
@@ -193,7 +213,7 @@ def test_export_command_writes_a_runnable_folder(tiny_ckpt, tmp_path, capsys):
     prompt = load_tokenizer(out / "tokenizer.json").encode("All:\n")
     assert tok.encode("All:\n") == prompt
     ref = model.generate(torch.tensor([prompt]), 15, temperature=0)[0].tolist()
-    assert deploy.OnnxLM(out / "model.onnx").generate(prompt, 15)[0].tolist() == ref
+    assert onnx_runtime.OnnxLM(out / "model.onnx").generate(prompt, 15)[0].tolist() == ref
 
 
 def test_export_command_hf_format_loads_in_transformers(tiny_ckpt, tmp_path):

@@ -83,7 +83,7 @@ def test_injection_by_name_and_counts():
     model = small_model()
     names = lora.inject_lora(model, ("q_proj", "v_proj"), r=2, alpha=4.0)
     assert names == [f"blocks.{i}.attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
-    trainable, total = lora.count_parameters(model)
+    trainable, total = lora.trainable_parameters(model)
     assert trainable == 4 * 2 * (32 + 32) == lora.lora_parameter_count(small_model(), ("q_proj", "v_proj"), 2)
     assert total == small_model().num_parameters() + trainable
     assert all(n.endswith(("lora_A", "lora_B")) for n, p in model.named_parameters() if p.requires_grad)
@@ -121,7 +121,7 @@ def test_training_changes_only_the_adapters():
 def test_optimizer_state_is_two_moments_per_trainable_number():
     model = small_model()
     lora.inject_lora(model, ("q_proj", "v_proj"), r=4)
-    trainable, _ = lora.count_parameters(model)
+    trainable, _ = lora.trainable_parameters(model)
     n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
     # AdamW keeps exp_avg and exp_avg_sq (fp32) per number and a one-element step counter per tensor.
     assert lora.measure_optimizer_state(model, TrainConfig()) == 8 * trainable + 4 * n_tensors
@@ -138,7 +138,7 @@ def test_adapter_is_saved_alone_and_loads_into_a_fresh_base(tmp_path):
     tensors = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert tensors["r"] == 2 and len(tensors["layers"]) == 12
     adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
-    payload = 4 * lora.count_parameters(model)[0]
+    payload = 4 * lora.trainable_parameters(model)[0]
     assert payload <= adapter_bytes <= payload + 4096                   # the A and B tensors, a small header
     assert adapter_bytes < 0.1 * (tmp_path / "full" / "model.safetensors").stat().st_size
     fresh = lora.load_adapter(small_model(d_model=64, n_layer=3), tmp_path / "adapter")
@@ -169,20 +169,9 @@ def test_peft_on_the_transformers_model_agrees():
     randomise_adapters(model)
     peft_model = lora.to_peft(model)
     theirs = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert theirs == lora.count_parameters(model)[0] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 96) + (96 + 32))
+    assert theirs == lora.trainable_parameters(model)[0] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 96) + (96 + 32))
     with torch.no_grad():
         ours = model(ids()).logits
         assert (peft_model(input_ids=ids()).logits - ours).abs().max() <= 1e-5
         merged = peft_model.merge_and_unload()
         assert (merged(input_ids=ids()).logits - lora.merge_lora(model)(ids()).logits).abs().max() <= 1e-5
-
-
-def test_fit_to_vocabulary_folds_then_falls_back():
-    tok = CharTokenizer("abc '\"-.@")
-    text, report = lora.fit_to_vocabulary("a\u2019b \u201cc\u201d\u2026 a=b\u00df", tok)
-    assert text == "a'b \"c\"... a@b@"
-    assert (report["folded"], report["replaced"], report["chars"]) == (4, 2, 13)
-    assert report["unknown"] == {"=": 1, "\u00df": 1}
-    tok.encode(text)                                             # encodable now
-    with pytest.raises(SLMLabError, match="fallback character '#' is not in the tokenizer's vocabulary"):
-        lora.fit_to_vocabulary("x", tok, fallback="#")

@@ -15,10 +15,9 @@ The reason column is empty when every cell ran; otherwise it names the first pro
 K-th cell of the graded notebook counting every cell from 1: "cell 7 timed out after 10 s", "kernel died
 in cell 9", "ran past the overall limit of 600 s (in cell 12)", "malformed notebook: ...".
 
-This module is also the pytest plugin of the grading run (`-p slm_lab.course.grade`, active only when
-SLM_LAB_GRADE_LOG is set): it logs each item's outcome as it happens (so an overall timeout still
-credits the checks that passed) and fails a cell at once when its kernel dies instead of waiting out
-the cell timeout.
+The pytest plugin that runs inside each grading run is `slm_lab.course.grade_plugin`: it logs each
+item's outcome as it happens (so an overall timeout still credits the checks that passed) and fails a
+cell at once when its kernel dies instead of waiting out the cell timeout.
 """
 from __future__ import annotations
 
@@ -42,15 +41,15 @@ import nbformat
 
 from ..atomic import write_text
 from ..errors import SLMLabError
-from . import notebooks
+from . import grade_plugin, notebooks
+from .grade_plugin import LOG_ENV, cell_num
 from .make_labs import check_ids, read_notebook
 
-LOG_ENV = "SLM_LAB_GRADE_LOG"
 COPY_LIMIT_BYTES = 200 * 2**20           # a bigger submission folder is not copied (only the notebook is)
 _SKIP_NAMES = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__", ".git")
 _ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
 # nbval's own line in a failure: "Cell 7: Timeout of ..." (the cell's source and traceback follow it, so only
-# this line is read: a student's code cannot fake a reason) or "pytest plugin exception: ..." (ours, below)
+# this line is read: a student's code cannot fake a reason) or "pytest plugin exception: ..." (grade_plugin's)
 _HEADLINE = re.compile(r"^(?:Cell \d+: |pytest plugin exception: )(.*)$", re.M)
 
 
@@ -145,11 +144,6 @@ def _kill_group(pid: int | None) -> None:
             pass
 
 
-def _cell_num(name: str) -> int | None:
-    m = re.search(r"Cell (\d+)$", name or "")
-    return int(m.group(1)) if m else None
-
-
 def _from_junit(xml: Path) -> tuple[set, list]:
     """(code indices of passed items, [(code index, nbval's headline of a failure)]) from its junit report."""
     passed, problems = set(), []
@@ -158,7 +152,7 @@ def _from_junit(xml: Path) -> tuple[set, list]:
     except ET.ParseError:
         return passed, [(0, "unreadable junit report")]
     for case in cases:
-        num = _cell_num(case.get("name", ""))
+        num = cell_num(case.get("name", ""))
         if num is None:
             continue
         bad = [e for e in case if e.tag in ("failure", "error", "skipped")]
@@ -220,7 +214,7 @@ def run_nbval(nb, folder: Path, timeout: float, limit: float, profile: str) -> t
         ini.write_text("[pytest]\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
         env.update({LOG_ENV: str(log), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "SLM_LAB_PROFILE": profile})
-        cmd = [sys.executable, "-m", "pytest", "-p", "nbval", "-p", __name__, "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "-p", "nbval", "-p", grade_plugin.__name__, "-p", "no:cacheprovider",
                "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={timeout:g}", "--noconftest",
                "-c", str(ini), "--rootdir", str(work), f"--junitxml={xml}", "-q", nb_path.name]
         with open(report / "pytest.out", "wb") as out:
@@ -340,63 +334,3 @@ def register(sub) -> None:
     p.add_argument("--profile", default="smoke", choices=("smoke", "full"),
                    help="SLM_LAB_PROFILE the submissions run with (default smoke)")
     p.set_defaults(func=run)
-
-
-# ---- the pytest plugin of the grading run (inside the pytest subprocess only) ----
-
-class KernelDied(RuntimeError):
-    """The kernel process exited while a cell was running (os._exit, a segfault, out of memory)."""
-
-
-# Read once and removed, so the kernel (started later, with this environment) is not handed the log's path.
-_LOG_PATH = os.environ.pop(LOG_ENV, None)
-
-
-def _log(event: dict) -> None:
-    with open(_LOG_PATH, "a", encoding="utf-8") as f:
-        f.write(json.dumps(event) + "\n")
-
-
-def _watch(kernel) -> None:
-    """Make nbval's wait for a cell's reply notice a dead kernel within half a second."""
-    if getattr(kernel, "_slm_lab_watched", False) or not hasattr(kernel, "get_message"):
-        return
-    from queue import Empty
-
-    def await_reply(msg_id, timeout=None):
-        deadline = None if timeout is None else time.monotonic() + float(timeout)
-        while True:
-            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if wait <= 0:
-                raise Empty
-            try:
-                msg = kernel.get_message(stream="shell", timeout=wait)
-            except Empty:
-                if not kernel.is_alive():
-                    raise KernelDied("KernelDied: the kernel died while this cell ran") from None
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                if msg["content"]["status"] == "aborted":
-                    raise RuntimeError("Kernel aborted execution request")
-                return
-
-    kernel.await_reply = await_reply
-    kernel._slm_lab_watched = True
-
-
-if _LOG_PATH:
-    import pytest
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(item):
-        kernel = getattr(getattr(item, "parent", None), "kernel", None)
-        provisioner = getattr(getattr(kernel, "km", None), "provisioner", None)
-        pid = getattr(getattr(provisioner, "process", None), "pid", None)
-        _log({"start": getattr(item, "cell_num", None), "pid": pid})
-        if kernel is not None:
-            _watch(kernel)
-
-    def pytest_runtest_logreport(report):
-        num = _cell_num(report.nodeid.split("::")[-1])
-        if num is not None and (report.when == "call" or not report.passed):
-            _log({"cell": num, "when": report.when, "passed": bool(report.passed)})
