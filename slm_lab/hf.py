@@ -4,6 +4,8 @@ Llama family ↔ `LlamaForCausalLM` (same layout: q/k/v/o, gate/up/down, RMSNorm
 GPT-2 family ↔ `GPT2LMHeadModel`. GPT-2 fuses q, k, v into one `c_attn` and stores its linear layers
 as `Conv1D`, i.e. weights transposed to (in, out); HF GPT-2 always has biases, so a bias-free SLM is
 exported with zero biases. Conversions are exact: logits agree to float rounding (tests check 1e-5).
+A pruned model (fewer heads, so n_head · head_dim < d_model) converts in the Llama family, whose
+config carries `head_dim`; GPT-2's config cannot say it, so a pruned GPT-2 model is refused.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ def hf_config(cfg: SLMConfig):
     from transformers import GPT2Config, LlamaConfig
 
     if cfg.family == "gpt2":
+        if cfg.head_dim * cfg.n_head != cfg.d_model:
+            raise SLMLabError(f"transformers' GPT-2 has no head_dim setting (it is always n_embd / n_head), so this "
+                              f"model's {cfg.n_head} heads of {cfg.head_dim} dimensions with d_model={cfg.d_model} "
+                              "(pruned heads?) cannot be exported; keep all heads, or prune a llama-family model.")
         return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new",
                           resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
@@ -39,7 +45,8 @@ def slm_config(hf_cfg) -> SLMConfig:
             raise SLMLabError(f"GPT-2 activation {hf_cfg.activation_function!r} is not supported; the course uses gelu_new.")
         return SLMConfig(family="gpt2", vocab_size=hf_cfg.vocab_size, block_size=hf_cfg.n_positions,
                          n_layer=hf_cfg.n_layer, n_head=hf_cfg.n_head, d_model=hf_cfg.n_embd,
-                         d_ff=hf_cfg.n_inner or 4 * hf_cfg.n_embd, bias=True, norm_eps=hf_cfg.layer_norm_epsilon,
+                         d_ff=hf_cfg.n_inner or 4 * hf_cfg.n_embd,      # transformers' rule for n_inner=None
+                         bias=True, norm_eps=hf_cfg.layer_norm_epsilon,
                          tie_weights=bool(hf_cfg.tie_word_embeddings))
     if kind == "llama":
         # transformers ≥ 5 keeps RoPE settings in rope_parameters; 4.x in rope_theta / rope_scaling.
@@ -47,16 +54,15 @@ def slm_config(hf_cfg) -> SLMConfig:
         theta = rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise SLMLabError("this Llama config uses RoPE scaling, which the course model does not implement.")
-        head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
-        if head_dim * hf_cfg.num_attention_heads != hf_cfg.hidden_size:
-            raise SLMLabError("this Llama config has head_dim × heads ≠ hidden_size, which the course model does not support.")
+        # head_dim × heads may be less than hidden_size (pruned heads); None: SLMConfig derives D / H.
+        head_dim = getattr(hf_cfg, "head_dim", None)
         if hf_cfg.attention_bias != getattr(hf_cfg, "mlp_bias", False):
             raise SLMLabError("attention_bias and mlp_bias differ in this Llama config; the course model has one bias flag.")
         return SLMConfig(family="llama", vocab_size=hf_cfg.vocab_size, block_size=hf_cfg.max_position_embeddings,
                          n_layer=hf_cfg.num_hidden_layers, n_head=hf_cfg.num_attention_heads,
                          n_kv_head=hf_cfg.num_key_value_heads or hf_cfg.num_attention_heads,
-                         d_model=hf_cfg.hidden_size, d_ff=hf_cfg.intermediate_size, bias=bool(hf_cfg.attention_bias),
-                         norm_eps=hf_cfg.rms_norm_eps, rope_theta=float(theta),
+                         d_model=hf_cfg.hidden_size, head_dim=head_dim, d_ff=hf_cfg.intermediate_size,
+                         bias=bool(hf_cfg.attention_bias), norm_eps=hf_cfg.rms_norm_eps, rope_theta=float(theta),
                          tie_weights=bool(hf_cfg.tie_word_embeddings))
     raise SLMLabError(f"model type {kind!r} cannot be converted; the course converts 'gpt2' and 'llama'.")
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
-from .sizing import (Arch, Hardware, _arch, forward_flops_per_token, hardware, kv_cache_bytes, matmul_parameters,
+from .sizing import (Arch, Hardware, architecture, forward_flops_per_token, hardware, kv_cache_bytes, matmul_parameters,
                      memory_needed, weight_bytes)
 from .timing import median_seconds
 
@@ -38,7 +38,7 @@ def decode_seconds(arch: Arch, hw: str | Hardware, dtype: str = "bf16", context:
 
 def prefill_seconds(arch: Arch, hw: str | Hardware, dtype: str = "bf16", prompt: int = 512, batch: int = 1) -> float:
     """Roofline time to read a prompt: prompt·2·matmul FLOPs plus causal attention (token t sees t+1 keys)."""
-    hw, a = hardware(hw), _arch(arch)
+    hw, a = hardware(hw), architecture(arch)
     attention = 4.0 * a.n_layer * a.n_head * a.head_dim * prompt * (prompt + 1) / 2
     work = batch * (2.0 * matmul_parameters(a) * prompt + attention)
     moved = weight_bytes(matmul_parameters(a), dtype) + kv_cache_bytes(a, prompt, batch, dtype)

@@ -8,6 +8,9 @@ on the meta device (no weights, no download) and checks the count to the paramet
 Units: parameters and tokens are plain counts, FLOPs are floating-point operations, memory is bytes
 (GB = 10^9 bytes), time is seconds, money is US dollars. D model width, L layers, H query heads,
 K key/value heads, hd head dimension, F MLP width, V vocabulary, P context length.
+
+The course's own families (gpt2, llama) are counted from an `SLMConfig`: it is the one home of the
+derived sizes (kv heads, hd, F), so a pruned model (fewer heads, hd < D / H) is counted exactly too.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping, Union
 
 from .errors import SLMLabError
+from .model import FAMILIES as SLM_FAMILIES
 from .model import SLMConfig
 
 SLM_MAX_PARAMS = 10e9   # where we draw the SLM/LLM line: a convention (Phi-3-medium, 14B, sits just above)
@@ -30,6 +34,8 @@ class ModelCard:
     family: gpt2 (LayerNorm, GELU MLP, learned positions), opt (GPT-2 layout, ReLU, positions offset
     by 2), llama (RMSNorm, SwiGLU, grouped-query attention; Phi-3 mini/medium too), phi3small (GQA +
     gated GELU MLP + LayerNorm, biases everywhere), or None when the architecture is not public.
+    A gpt2 / llama card takes the sizes it leaves at 0 (n_kv_head, head_dim, d_ff) from `slm_config()`,
+    as the course model would build it; an opt / phi3small card states them.
     """
     name: str
     params: float                   # headline count as published (for architectures not public: the only number)
@@ -38,7 +44,7 @@ class ModelCard:
     n_layer: int = 0
     n_head: int = 0
     n_kv_head: int = 0              # 0 → n_head (no grouped-query attention)
-    d_ff: int = 0
+    d_ff: int = 0                   # MLP width; 0 → SLMConfig's default (gpt2 / llama)
     vocab_size: int = 0
     block_size: int = 0             # context length
     tie_weights: bool = False
@@ -46,6 +52,18 @@ class ModelCard:
     train_tokens: float | None = None
     hf_class: str | None = None     # the transformers class that builds it, if any
     source: str = ""
+    head_dim: int = 0               # 0 → SLMConfig's d_model // n_head (gpt2 / llama); smaller after head pruning
+
+    def __post_init__(self):
+        if self.family is not None and self.family not in FAMILIES:
+            raise SLMLabError(f"{self.name}: family {self.family!r} is unknown; use one of {', '.join(FAMILIES)}.")
+        if self.family in SLM_FAMILIES:
+            cfg = self.slm_config()
+            for name in ("n_kv_head", "head_dim", "d_ff"):
+                object.__setattr__(self, name, getattr(cfg, name))
+        elif self.public and not (self.head_dim and self.d_ff):
+            raise SLMLabError(f"{self.name} ({self.family}) needs head_dim and d_ff stated; only gpt2 and llama "
+                              "cards take the course model's defaults.")
 
     @property
     def public(self) -> bool:
@@ -56,26 +74,23 @@ class ModelCard:
         return self.n_kv_head or self.n_head
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
     def is_slm(self) -> bool:
         return (count_parameters(self).total if self.public else self.params) < SLM_MAX_PARAMS
 
     def slm_config(self, **overrides) -> SLMConfig:
-        """The course's SLMConfig of the same shape (gpt2 / llama families), e.g. to time it with random weights."""
-        if self.family not in ("gpt2", "llama"):
+        """The course's SLMConfig of the same shape (gpt2 / llama families), e.g. to time it with random weights.
+        Overrides replace single fields; the card's head_dim and d_ff stay unless overridden too."""
+        if self.family not in SLM_FAMILIES:
             raise SLMLabError(f"{self.name} ({self.family or 'architecture not public'}) cannot be built as the "
                               "course's SLM; pick a gpt2- or llama-family model.")
         kw = dict(family=self.family, vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                  n_head=self.n_head, n_kv_head=self.kv_heads, d_model=self.d_model, d_ff=self.d_ff,
-                  bias=self.bias, tie_weights=self.tie_weights)
+                  n_head=self.n_head, n_kv_head=self.n_kv_head or None, d_model=self.d_model,
+                  head_dim=self.head_dim or None, d_ff=self.d_ff or None, bias=self.bias, tie_weights=self.tie_weights)
         return SLMConfig(**{**kw, **overrides})
 
 
-def _gpt2(name, params, d, L, H, V=50257, P=1024, tokens=None, source=""):
-    return ModelCard(name, params, "gpt2", d, L, H, H, 4 * d, V, P, tie_weights=True, bias=True,
+def _gpt2(name, params, d, L, H, V=50257, P=1024, tokens=None, source=""):   # d_ff 0: n_inner unset, 4·D
+    return ModelCard(name, params, "gpt2", d, L, H, H, 0, V, P, tie_weights=True, bias=True,
                      train_tokens=tokens, hf_class="GPT2LMHeadModel", source=source)
 
 
@@ -102,7 +117,8 @@ REGISTRY: dict[str, ModelCard] = {c.name: c for c in [
     # OPT paper (Zhang et al., 2022) Table 1 + facebook/opt-* configs: vocab 50272, FFN 4·D, ReLU, tied,
     # learned positions with 2 extra rows; 180B training tokens on 992 A100 80GB GPUs.
     ModelCard("OPT-175B", 175e9, "opt", 12288, 96, 96, 96, 49152, 50272, 2048, tie_weights=True, bias=True,
-              train_tokens=180e9, hf_class="OPTForCausalLM", source="OPT paper (Zhang et al., 2022) Table 1, section 2"),
+              train_tokens=180e9, hf_class="OPTForCausalLM", source="OPT paper (Zhang et al., 2022) Table 1, section 2",
+              head_dim=128),
     _llama("Llama-3-8B", 8e9, 4096, 32, 32, 8, 14336, 128256, 8192, False, 15e12, _L3_SRC.format("8B")),
     _llama("Llama-3-70B", 70e9, 8192, 80, 64, 8, 28672, 128256, 8192, False, 15e12, _L3_SRC.format("70B")),
     _llama("Llama-3.2-1B", 1.23e9, 2048, 16, 32, 8, 8192, 128256, 131072, True, 9e12,
@@ -115,7 +131,8 @@ REGISTRY: dict[str, ModelCard] = {c.name: c for c in [
     # biased query_key_value, a GEGLU MLP (up_proj of 2·F, biased), LayerNorm with bias, tied embeddings.
     # Counted by formula only; its published total is 7.39B.
     ModelCard("Phi-3-small", 7e9, "phi3small", 4096, 32, 32, 8, 14336, 100352, 8192, tie_weights=True, bias=True,
-              train_tokens=4.8e12, source=_PHI3_SRC.format("small-8k-instruct") + "; modeling_phi3_small.py"),
+              train_tokens=4.8e12, source=_PHI3_SRC.format("small-8k-instruct") + "; modeling_phi3_small.py",
+              head_dim=128),
     _llama("Phi-3-medium", 14e9, 5120, 40, 40, 10, 17920, 32064, 4096, False, 4.8e12,
            _PHI3_SRC.format("medium-4k-instruct"), hf_class="Phi3ForCausalLM"),
     _llama("SmolLM2-135M", 135e6, 576, 30, 9, 3, 1536, 49152, 8192, True, 2e12, _SMOL_SRC.format("135M")),
@@ -135,11 +152,14 @@ def card(name: str) -> ModelCard:
     return REGISTRY[name]
 
 
+def _card_of(cfg: SLMConfig, name: str, source: str = "slm_lab", params: float = 0.0) -> ModelCard:
+    return ModelCard(name, params, cfg.family, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.d_ff,
+                     cfg.vocab_size, cfg.block_size, cfg.tie_weights, cfg.bias, source=source, head_dim=cfg.head_dim)
+
+
 def card_from_config(name: str, cfg: SLMConfig, source: str = "slm_lab") -> ModelCard:
     """A ModelCard for one of the course's own models (its headline size is its exact count)."""
-    c = ModelCard(name, 0.0, cfg.family, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.d_ff,
-                  cfg.vocab_size, cfg.block_size, cfg.tie_weights, cfg.bias, source=source)
-    return ModelCard(**{**{f.name: getattr(c, f.name) for f in fields(c)}, "params": float(count_parameters(c).total)})
+    return _card_of(cfg, name, source, float(count_parameters(cfg).total))
 
 
 def course_cards(vocab_size: int) -> dict[str, ModelCard]:
@@ -154,15 +174,17 @@ def course_cards(vocab_size: int) -> dict[str, ModelCard]:
 Arch = Union[ModelCard, SLMConfig, Mapping]
 
 
-def _arch(a: Arch) -> ModelCard:
-    """Accept a ModelCard, the course's SLMConfig, or a dict with SLMConfig's keys."""
+def architecture(a: Arch) -> ModelCard:
+    """Every size of `a` resolved, as a ModelCard. Accepts a ModelCard with a public architecture, the
+    course's SLMConfig, or a dict: SLMConfig's keys (gpt2 / llama; what SLMConfig leaves out it derives,
+    as for a model) or, for opt / phi3small, ModelCard's keys with head_dim and d_ff stated."""
     if isinstance(a, ModelCard):
         if not a.public:
             raise SLMLabError(f"{a.name}'s architecture is not public, so only its published size "
                               f"({a.params / 1e9:g}B) is known; pick a model with a published config.")
         return a
     if isinstance(a, SLMConfig):
-        a = a.to_dict()
+        return _card_of(a, "config")
     if not isinstance(a, Mapping):
         raise SLMLabError(f"expected a ModelCard, an SLMConfig or a config dict, got {type(a).__name__}.")
     if a.get("family") not in FAMILIES:
@@ -170,12 +192,18 @@ def _arch(a: Arch) -> ModelCard:
     keys = ("d_model", "n_layer", "n_head", "vocab_size", "block_size")
     if any(not a.get(k) for k in keys):
         raise SLMLabError(f"the config needs positive {', '.join(keys)}; got {dict(a)}.")
-    d, fam = int(a["d_model"]), a["family"]
-    d_ff = a.get("d_ff") or (4 * d if fam in ("gpt2", "opt") else 32 * math.ceil(8 * d / 3 / 32))
-    bias = a.get("bias")
-    return ModelCard(a.get("name", "config"), 0.0, fam, d, int(a["n_layer"]), int(a["n_head"]),
-                     int(a.get("n_kv_head") or a["n_head"]), int(d_ff), int(a["vocab_size"]), int(a["block_size"]),
-                     bool(a.get("tie_weights", True)), bool(fam != "llama" if bias is None else bias))
+    given = {k: v for k, v in a.items() if k != "name" and v is not None}
+    slm = a["family"] in SLM_FAMILIES
+    known = {f.name for f in fields(SLMConfig if slm else ModelCard)} - {"name", "params"}
+    if set(given) - known:
+        raise SLMLabError(f"the config has unknown fields {sorted(set(given) - known)}; use the field names of "
+                          f"{'SLMConfig' if slm else 'ModelCard'} ({', '.join(sorted(known))}).")
+    name = a.get("name", "config")
+    if slm:
+        return _card_of(SLMConfig(**given), name)
+    return ModelCard(name, 0.0, **{"tie_weights": True, "bias": True, **given})   # both, as in OPT and Phi-3-small
+
+
 
 
 @dataclass(frozen=True)
@@ -209,7 +237,7 @@ def _layer_parts(a: ModelCard) -> tuple[int, int, int, int]:
 
 def count_parameters(arch: Arch) -> ParameterCount:
     """Exact parameter count from a config — equal to the transformers model built from it."""
-    a = _arch(arch)
+    a = architecture(arch)
     D, L, V = a.d_model, a.n_layer, a.vocab_size
     attn_w, attn_b, mlp_w, mlp_b = _layer_parts(a)
     norm_size = D if a.family == "llama" else D * (1 + int(a.bias))   # RMSNorm: weight; LayerNorm: weight (+ bias)
@@ -220,7 +248,7 @@ def count_parameters(arch: Arch) -> ParameterCount:
 
 def matmul_parameters(arch: Arch) -> int:
     """Weights used in a matrix multiply for every token: attention, MLP and the output head (tied or not)."""
-    a = _arch(arch)
+    a = architecture(arch)
     attn_w, _, mlp_w, _ = _layer_parts(a)
     return a.n_layer * (attn_w + mlp_w) + a.vocab_size * a.d_model
 
@@ -244,9 +272,10 @@ def hf_model_on_meta(c: ModelCard):
                                      word_embed_proj_dim=c.d_model, enable_bias=c.bias, **common)
     else:
         conf_cls = transformers.Phi3Config if c.hf_class == "Phi3ForCausalLM" else transformers.LlamaConfig
+        extra = dict(head_dim=c.head_dim) if conf_cls is transformers.LlamaConfig else {}
         cfg = conf_cls(hidden_size=c.d_model, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
                        num_key_value_heads=c.kv_heads, intermediate_size=c.d_ff, max_position_embeddings=c.block_size,
-                       pad_token_id=None, bos_token_id=None, eos_token_id=None, **common)
+                       pad_token_id=None, bos_token_id=None, eos_token_id=None, **extra, **common)
     with torch.device("meta"):
         return cls(cfg)
 
@@ -277,7 +306,7 @@ def chinchilla_tokens(n_params: float) -> float:
 def forward_flops_per_token(arch: Arch, context: int) -> float:
     """FLOPs to process one token that attends to `context` tokens: 2 per matmul weight, plus attention
     (q·kᵀ and weights·v: 2·2·L·context·H·hd — with GQA the query heads still do all the work)."""
-    a = _arch(arch)
+    a = architecture(arch)
     return 2.0 * matmul_parameters(a) + 4.0 * a.n_layer * context * a.n_head * a.head_dim
 
 
@@ -288,7 +317,7 @@ def weight_bytes(n_params: float, dtype: str = "bf16") -> float:
 
 def kv_cache_bytes(arch: Arch, context: int, batch: int = 1, dtype: str = "bf16") -> float:
     """K and V for every layer, kv head and position: 2·L·K·hd·context·batch·bytes."""
-    a = _arch(arch)
+    a = architecture(arch)
     return 2.0 * a.n_layer * a.kv_heads * a.head_dim * context * batch * _bytes(dtype)
 
 

@@ -2,7 +2,8 @@
 
 - `CharTokenizer`: one id per character seen in the training text.
 - `BPETokenizer`: byte-level byte-pair encoding written from scratch (GPT-2's recipe, minbpe's layout):
-  text → regex chunks → UTF-8 bytes → repeatedly merge the most frequent adjacent pair.
+  text → regex chunks → UTF-8 bytes → repeatedly merge the most frequent adjacent pair (ties: the
+  smallest pair).
 - `HFBPETokenizer`: the same interface over Hugging Face `tokenizers` (Rust), for comparison and speed.
 """
 from __future__ import annotations
@@ -87,6 +88,17 @@ def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int]:
+    """Encode byte ids with learned merges {(a, b): new_id}: apply the earliest-learned merge present
+    (the lowest new id), exactly as training did, until none applies."""
+    while len(ids) > 1:
+        pair = min(zip(ids, ids[1:]), key=lambda p: merges.get(p, float("inf")))
+        if pair not in merges:
+            break
+        ids = merge(ids, pair, merges[pair])
+    return ids
+
+
 class BPETokenizer:
     """Byte-level BPE from scratch. `tok = BPETokenizer(); tok.train(text, vocab_size=512)`."""
 
@@ -122,8 +134,9 @@ class BPETokenizer:
         for new_id in range(256, vocab_size):
             if not counts:
                 break
-            # Most frequent pair; ties go to the pair seen first in the text (deterministic).
-            pair = max(counts, key=counts.get)
+            # The most frequent pair; ties go to the smallest pair (a, b), so the result depends on the
+            # counts alone, not on the order in which chunks or merges created the pairs.
+            pair = min(counts, key=lambda p: (-counts[p], p))
             if counts[pair] < 1:
                 break
             for w in list(where.pop(pair, ())):
@@ -142,14 +155,7 @@ class BPETokenizer:
         return self
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        ids = list(chunk.encode(**UTF8))
-        while len(ids) > 1:
-            # Apply the earliest-learned merge present, exactly as training did.
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float("inf")))
-            if pair not in self.merges:
-                break
-            ids = merge(ids, pair, self.merges[pair])
-        return ids
+        return apply_merges(list(chunk.encode(**UTF8)), self.merges)
 
     def encode(self, text: str) -> list[int]:
         out: list[int] = []

@@ -94,8 +94,21 @@ def test_rmsnorm_check():
 
 
 # --------------------------------------------------------------------- 02 RoPE ----
+def rope(x, theta=10000.0, interleaved=False, direction=1.0):
+    """A student's RoPE, written out in float64; the knobs plant the pairing and direction mistakes."""
+    T, hd = x.shape[-2], x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = direction * torch.outer(torch.arange(T, dtype=torch.float64), inv)   # (T, hd/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 def rope_good(x, theta=10000.0):
-    return m02.ref_rope(x, theta)
+    return rope(x, theta)
 
 
 def rope_mismatched_angles(x, theta=10000.0):
@@ -109,11 +122,11 @@ def rope_mismatched_angles(x, theta=10000.0):
 def test_rope_check():
     m02.check_rope(rope_good)
     rejects(m02.check_rope, todo, match="not done yet")
-    rejects(m02.check_rope, lambda x, theta=10000.0: m02.ref_rope(x, theta, interleaved=True), match="adjacent pairs")
-    rejects(m02.check_rope, lambda x, theta=10000.0: m02.ref_rope(x, theta, direction=-1.0), match="wrong way")
-    rejects(m02.check_rope, lambda x, theta=10000.0: m02.ref_rope(x, 10000.0), match="use the theta argument")
+    rejects(m02.check_rope, lambda x, theta=10000.0: rope(x, theta, interleaved=True), match="adjacent pairs")
+    rejects(m02.check_rope, lambda x, theta=10000.0: rope(x, theta, direction=-1.0), match="wrong way")
+    rejects(m02.check_rope, lambda x, theta=10000.0: rope(x, 10000.0), match="use the theta argument")
     # positions starting at 1 instead of 0
-    rejects(m02.check_rope, lambda x, theta=10000.0: m02.ref_rope(torch.cat([x[..., :1, :], x], -2), theta)[..., 1:, :],
+    rejects(m02.check_rope, lambda x, theta=10000.0: rope(torch.cat([x[..., :1, :], x], -2), theta)[..., 1:, :],
             match="position 0 changed")
     # sin of twice the angle: position 0 still unrotated, but lengths change
     rejects(m02.check_rope, rope_mismatched_angles, match="lengths changed")
@@ -210,7 +223,15 @@ def pairs_good(ids):
 
 
 def merge_good(ids, pair, new_id):
-    return m01.ref_merge(ids, pair, new_id)
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
 
 
 def merge_overlapping(ids, pair, new_id):
@@ -242,7 +263,7 @@ def train_good(text, vocab_size):
     for new_id in range(256, vocab_size):
         counts = pairs_good(ids)
         pair = max(counts, key=counts.get)
-        ids = m01.ref_merge(ids, pair, new_id)
+        ids = merge_good(ids, pair, new_id)
         merges[pair] = new_id
     return merges
 
@@ -252,7 +273,7 @@ def train_least_frequent(text, vocab_size):
     for new_id in range(256, vocab_size):
         counts = pairs_good(ids)
         pair = min(counts, key=counts.get)
-        ids = m01.ref_merge(ids, pair, new_id)
+        ids = merge_good(ids, pair, new_id)
         merges[pair] = new_id
     return merges
 
@@ -262,7 +283,10 @@ def train_one_short(text, vocab_size):
 
 
 def encode_good(text, merges):
-    return m01.ref_encode(text, merges)
+    ids = list(text.encode("utf-8"))
+    for pair, new_id in merges.items():          # in the order learned: the earliest merge first
+        ids = merge_good(ids, pair, new_id)
+    return ids
 
 
 def decode_good(ids, merges):
@@ -282,7 +306,7 @@ def decode_per_token(ids, merges):
 def encode_latest_first(text, merges):
     ids = list(text.encode("utf-8"))
     for pair, new_id in reversed(list(merges.items())):
-        ids = m01.ref_merge(ids, pair, new_id)
+        ids = merge_good(ids, pair, new_id)
     return ids
 
 

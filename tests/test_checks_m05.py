@@ -5,8 +5,39 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slm_lab import quantize
 from slm_lab.checks import m05
 from checking import rejects, todo
+
+
+# A student's answers, written out (independent of slm_lab.quantize, the checks' reference); the knobs
+# plant mistakes.
+def zeropoint(w, bits=8, zero_sign=1.0):
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    lo = w.amin(dim=1, keepdim=True).clamp(max=0.0)
+    hi = w.amax(dim=1, keepdim=True).clamp(min=0.0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp(min=1e-12)
+    zero = qmin - zero_sign * torch.round(lo / scale)
+    q = (torch.round(w / scale) + zero).clamp(qmin, qmax)
+    return q.to(torch.int8), scale, zero
+
+
+def int4_groups(w, group_size=32, strided=False):
+    rows, cols = w.shape
+    n = cols // group_size
+    if strided:      # the mistake: every n-th column in a group instead of neighbours
+        g = w.reshape(rows, group_size, n).transpose(1, 2).reshape(rows * n, group_size)
+    else:
+        g = w.reshape(rows * n, group_size)
+    q, scale, zero = zeropoint(g, bits=4)
+    q = q.reshape(rows, n, group_size)
+    if strided:
+        q = q.transpose(1, 2)
+    return q.reshape(rows, cols), scale.reshape(rows, n), zero.reshape(rows, n)
+
+
+def dequant_groups(q, scale, zero, group_size=32):
+    return (q.float() - zero.repeat_interleave(group_size, 1)) * scale.repeat_interleave(group_size, 1)
 
 
 # ------------------------------------------------------------------- absmax ----
@@ -55,7 +86,7 @@ def absmax_ignores_bits(w, bits=8):
 
 def test_absmax_check():
     m05.check_absmax(absmax_good, dequant_good)
-    m05.check_absmax(lambda w, bits=8: m05.ref_absmax(w, bits), dequant_good)
+    m05.check_absmax(lambda w, bits=8: quantize.absmax_quantize(w, bits, dim=1), quantize.dequantize)
     rejects(m05.check_absmax, todo, dequant_good, match="not done yet")
     rejects(m05.check_absmax, absmax_good, todo, match="not done yet")
     rejects(m05.check_absmax, absmax_trunc, dequant_good, match="truncates toward zero instead of rounding")
@@ -71,12 +102,12 @@ def test_absmax_check():
 
 # ---------------------------------------------------------------- zero-point ----
 def zp_good(w, bits=8):
-    q, scale, zero = m05.ref_zeropoint(w, bits)
+    q, scale, zero = zeropoint(w, bits)
     return q, scale, zero.to(torch.int8)
 
 
 def zp_sign_error(w, bits=8):
-    q, scale, zero = m05.ref_zeropoint(w, bits, zero_sign=-1.0)
+    q, scale, zero = zeropoint(w, bits, zero_sign=-1.0)
     return q, scale, zero
 
 
@@ -89,7 +120,7 @@ def zp_unsigned(w, bits=8):
 
 
 def zp_fixed_bits(w, bits=8):
-    q, scale, zero = m05.ref_zeropoint(w, 8)
+    q, scale, zero = zeropoint(w, 8)
     if bits == 4:                       # plausible: 4-bit codes kept in the unsigned range 0..15
         q = (q.to(torch.int16) + 128).clamp(0, 15).to(torch.int8)
     return q, scale, zero
@@ -102,7 +133,7 @@ def test_zeropoint_check():
     rejects(m05.check_zeropoint, zp_good, lambda q, s, z=None: (q.float() + z) * s,
             match="dequantize: sign error in the zero-point")
     rejects(m05.check_zeropoint, zp_unsigned, dequant_good, match="unsigned range")
-    rejects(m05.check_zeropoint, lambda w, bits=8: m05.ref_absmax(w, bits) + (torch.zeros(w.shape[0], 1),),
+    rejects(m05.check_zeropoint, lambda w, bits=8: absmax_good(w, bits) + (torch.zeros(w.shape[0], 1),),
             dequant_good, match="scale")
     rejects(m05.check_zeropoint, zp_fixed_bits, dequant_good, match="int4 values outside [-8, 7]")
     rejects(m05.check_zeropoint, lambda w, bits=8: zp_good(w, bits)[:2], dequant_good, match="should return a tuple")
@@ -121,7 +152,7 @@ def groups_unsigned(w, group_size=32):
 
 
 def groups_strided(w, group_size=32):
-    return m05.ref_int4_groups(w, group_size, strided=True)
+    return int4_groups(w, group_size, strided=True)
 
 
 def groups_wrong_dim(w, group_size=32):
@@ -150,7 +181,7 @@ def groups_qmax8(w, group_size=32):
 
 def test_int4_groups_check():
     m05.check_int4_groups(groups_good)
-    m05.check_int4_groups(lambda w, group_size=32: m05.ref_int4_groups(w, group_size))
+    m05.check_int4_groups(lambda w, group_size=32: int4_groups(w, group_size))
     rejects(m05.check_int4_groups, todo, match="not done yet")
     rejects(m05.check_int4_groups, groups_unsigned, match="int4 values outside [-8, 7]")
     rejects(m05.check_int4_groups, groups_qmax8, match="int4 values outside [-8, 7]")
@@ -163,11 +194,14 @@ def test_int4_groups_check():
 
 # -------------------------------------------------------------------- packing ----
 def pack_good(q):
-    return m05.ref_pack(q)
+    u = q.to(torch.int16) & 0xF
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
 
 
 def unpack_good(p):
-    return m05.ref_unpack(p)
+    p = p.to(torch.int16)
+    v = torch.stack([p & 0xF, p >> 4], dim=-1).flatten(-2)
+    return (v - 16 * (v > 7).to(torch.int16)).to(torch.int8)
 
 
 def pack_swapped(q):
@@ -203,8 +237,9 @@ def test_pack_check():
 
 def test_pack_reference_is_exact():
     every = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16)
-    assert torch.equal(m05.ref_unpack(m05.ref_pack(every)), every)
-    assert m05.ref_pack(torch.tensor([[-8, 7]], dtype=torch.int8)).item() == 0x78
+    assert torch.equal(quantize.unpack_int4(quantize.pack_int4(every)), every)
+    assert quantize.pack_int4(torch.tensor([[-8, 7]], dtype=torch.int8)).item() == 0x78
+    assert torch.equal(pack_good(every), quantize.pack_int4(every))        # the student answer above is right
 
 
 # ----------------------------------------------------------- quantized Linear ----
@@ -213,8 +248,8 @@ def make_qlinear(keep_float=False, packed=True, bias=True, use_float=False):
         def __init__(self, linear, group_size=32):
             super().__init__()
             self.group_size = group_size
-            q, s, z = m05.ref_int4_groups(linear.weight.detach(), group_size)
-            self.register_buffer("codes", m05.ref_pack(q) if packed else q)
+            q, s, z = int4_groups(linear.weight.detach(), group_size)
+            self.register_buffer("codes", pack_good(q) if packed else q)
             self.register_buffer("scale", s)
             self.register_buffer("zero", z)
             self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
@@ -224,8 +259,8 @@ def make_qlinear(keep_float=False, packed=True, bias=True, use_float=False):
         def forward(self, x):
             if use_float:
                 return F.linear(x, self.weight, self.bias)
-            q = m05.ref_unpack(self.codes) if packed else self.codes
-            w = m05.ref_dequant_groups(q, self.scale, self.zero, self.group_size)
+            q = unpack_good(self.codes) if packed else self.codes
+            w = dequant_groups(q, self.scale, self.zero, self.group_size)
             return F.linear(x, w, self.bias if bias else None)
     return QLinear
 

@@ -5,6 +5,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from slm_lab.errors import SLMLabError
 from slm_lab.hf import from_hf, to_hf
+from slm_lab.model import SLM, SLMConfig
 
 
 def randomise_norms(model):
@@ -31,6 +32,12 @@ HF_MODELS = {
                                                             attention_bias=True, mlp_bias=True,
                                                             tie_word_embeddings=True, max_position_embeddings=32,
                                                             bos_token_id=None, eos_token_id=None)),
+    # as after pruning: 2 heads of 16 (one kv head) at hidden_size 48, so head_dim × heads ≠ hidden_size
+    "llama-narrow-heads": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=48, intermediate_size=80,
+                                                               num_hidden_layers=2, num_attention_heads=2,
+                                                               num_key_value_heads=1, head_dim=16,
+                                                               max_position_embeddings=32, bos_token_id=None,
+                                                               eos_token_id=None)),
 }
 
 
@@ -46,6 +53,18 @@ def test_hf_to_ours_and_back_keeps_logits(name):
         torch.testing.assert_close(ours(x).logits, ref, rtol=0, atol=1e-5)
         torch.testing.assert_close(back(x).logits, ref, rtol=0, atol=1e-5)
     assert ours.num_parameters() == sum(p.numel() for p in hf.parameters())
+    assert {k: v.shape for k, v in back.state_dict().items()} == {k: v.shape for k, v in hf.state_dict().items()}
+    if name.startswith("llama"):
+        assert back.config.head_dim == hf.config.head_dim == ours.cfg.head_dim
+
+
+def test_a_gpt2_model_with_pruned_heads_is_refused_in_one_sentence():
+    narrow = SLM(SLMConfig(family="gpt2", vocab_size=61, block_size=32, n_layer=1, n_head=2, d_model=48, head_dim=16))
+    with pytest.raises(SLMLabError) as info:
+        to_hf(narrow)
+    msg = str(info.value)
+    assert "GPT-2 has no head_dim" in msg and "prune a llama-family model" in msg
+    assert "\n" not in msg and msg.endswith(".")
 
 
 def test_unsupported_model_type_is_one_clear_error():

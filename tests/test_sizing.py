@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slm_lab import latency, sizing
 from slm_lab.errors import SLMLabError
-from slm_lab.model import SLM, SLMConfig
+from slm_lab.model import SLM, SLMConfig, default_d_ff
 from slm_lab.train import PRESETS
 
 BUILDABLE = [c for c in sizing.REGISTRY.values() if c.hf_class]
@@ -69,6 +69,34 @@ def test_course_presets(preset):
     card = sizing.course_cards(84)[f"course {preset}"]
     assert card.params == SLM(cfg).num_parameters() == sizing.count_parameters(cfg).total
     assert sizing.count_parameters(cfg.to_dict()).total == card.params      # a plain dict works too
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_d_ff_default_has_one_home(family):
+    """A config without d_ff: sizing, the registry and the model all take model.default_d_ff."""
+    assert default_d_ff("gpt2", 768) == 3072 and default_d_ff("llama", 128) == 352     # 8/3 · 128 → 352
+    for d in (48, 104, 768):
+        cfg = SLMConfig(family=family, vocab_size=50, block_size=16, n_layer=1, n_head=4, d_model=d)
+        assert cfg.d_ff == default_d_ff(family, d)
+        with torch.device("meta"):
+            built = SLM(cfg).num_parameters()
+        as_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("d_ff", "head_dim")}
+        assert sizing.count_parameters(as_dict).total == built
+    gpt2 = sizing.card("GPT-2 124M")                       # its config.json leaves n_inner unset: 4·D
+    assert gpt2.d_ff == default_d_ff("gpt2", 768) and gpt2.head_dim == 64
+
+
+def test_head_dim_comes_from_the_config_not_from_d_model():
+    """Heads pruned from 4 × 16 to 2 × 16 at d_model 64: attention, FLOPs and the KV cache all shrink."""
+    full = SLMConfig(family="llama", vocab_size=50, block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64)
+    narrow = SLMConfig.from_dict({**full.to_dict(), "n_head": 2, "n_kv_head": 1, "head_dim": 16})
+    card = sizing.card_from_config("narrow", narrow)
+    assert card.head_dim == 16 and card.slm_config() == narrow
+    D, L, hd = 64, 2, 16
+    assert sizing.count_parameters(narrow).attention == L * (D * 2 * hd + 2 * D * hd + 2 * hd * D)
+    assert sizing.kv_cache_bytes(narrow, 100, 1, "fp32") == 2 * L * 1 * hd * 100 * 4
+    assert (sizing.forward_flops_per_token(full, 100) - 2 * sizing.matmul_parameters(full)
+            == 2 * (sizing.forward_flops_per_token(narrow, 100) - 2 * sizing.matmul_parameters(narrow)))
 
 
 def test_headline_counts_are_close_to_exact_ones():
@@ -151,6 +179,9 @@ def test_bad_input_is_one_clear_sentence():
                         (lambda: sizing.card("Phi-3-small").slm_config(), "cannot be built"),
                         (lambda: sizing.weight_bytes(1e9, "int3"), "dtype"),
                         (lambda: sizing.count_parameters({"family": "gpt2", "d_model": 64}), "needs positive"),
+                        (lambda: sizing.count_parameters({"family": "opt", "d_model": 64, "n_layer": 2, "n_head": 4,
+                                                          "vocab_size": 10, "block_size": 8}), "needs head_dim"),
+                        (lambda: sizing.count_parameters({**SLMConfig().to_dict(), "n_heads": 4}), "unknown fields"),
                         (lambda: sizing.training_cost(1e9, 1e9, utilization=40), "fraction"),
                         (lambda: latency.serving_cost(sizing.card("SmolLM2-135M"), "phone 8 GB"), "no hourly price"),
                         (lambda: sizing.hardware("TPU"), "no hardware")]:

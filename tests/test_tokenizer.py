@@ -1,12 +1,14 @@
 """Tokenizers: exact round trips, real compression, clear errors, save/load."""
 import random
+from collections import Counter
 
 import pytest
+import regex
 
 from slm_lab.data import load_corpus
 from slm_lab.errors import SLMLabError
-from slm_lab.tokenizer import (BPETokenizer, CharTokenizer, HFBPETokenizer, get_pair_counts, load_tokenizer,
-                               merge)
+from slm_lab.tokenizer import (GPT2_SPLIT, BPETokenizer, CharTokenizer, HFBPETokenizer, get_pair_counts,
+                               load_tokenizer, merge)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +42,60 @@ def test_pair_counts_and_merge_known_values():
     assert merge([1, 1, 1], (1, 1), 9) == [9, 1]          # non-overlapping, left to right
 
 
-def test_bpe_learns_the_most_frequent_pair_first():
-    tok = BPETokenizer(pattern="").train("aaabdaaabac", vocab_size=258)
-    a, b = ord("a"), ord("b")
-    assert list(tok.merges) == [(a, a), (256, a)] or list(tok.merges)[0] == (a, a)
-    assert tok.vocab[256] == b"aa"
+def test_bpe_learns_the_most_frequent_pair_first_and_ties_go_to_the_smallest_pair():
+    a, b, c, d = (ord(ch) for ch in "abcd")
+    tok = BPETokenizer(pattern="").train("aaabdaaabac", vocab_size=259)
+    # aa (4) first; then (256, a) and (a, b) both occur twice → the smaller pair, (a, b); then aa·ab
+    assert list(tok.merges.items()) == [((a, a), 256), ((a, b), 257), ((256, 257), 258)]
+    assert tok.vocab[256] == b"aa" and tok.vocab[258] == b"aaab"
+    # every pair occurs once: (a, b) < (b, c) < (c, d) although the text shows them the other way round
+    tok = BPETokenizer(pattern="").train("dcab", vocab_size=257)
+    assert list(tok.merges) == [(a, b)]
+
+
+def recount_merges(texts, pattern, n_merges):
+    """BPE written out plainly, as the reference: split every text into chunks, count byte pairs over all
+    chunks afresh at each step, merge the most frequent (ties: the smallest pair) in every chunk."""
+    chunks = [list(ch.encode("utf-8")) for t in texts for ch in (regex.findall(pattern, t) if pattern else [t])]
+    merges = []
+    for new_id in range(256, 256 + n_merges):
+        counts = Counter(p for ch in chunks for p in zip(ch, ch[1:]))
+        if not counts:
+            break
+        top = max(counts.values())
+        pair = sorted(p for p, n in counts.items() if n == top)[0]
+        for k, ch in enumerate(chunks):
+            out, i = [], 0
+            while i < len(ch):
+                if ch[i:i + 2] == list(pair):
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(ch[i])
+                    i += 1
+            chunks[k] = out
+        merges.append(pair)
+    return merges
+
+
+BPE_TEXTS = ["the cat and the hat and the bat",
+             "naïve café — naïve cafés, 東京 and 東京タワー 🤖🤖 🤖!",
+             "xyxy zwzw abab",           # three pairs that occur twice each: a deliberate tie
+             "aaaa bbbb aaaa"]
+
+
+@pytest.mark.parametrize("pattern", [GPT2_SPLIT, ""], ids=["gpt2-split", "no-split"])
+def test_bpe_merges_equal_an_independent_recount(pattern):
+    text = "\n".join(BPE_TEXTS)
+    expected = recount_merges([text], pattern, 10_000)            # until no pair is left
+    tok = BPETokenizer(pattern=pattern).train(text, vocab_size=256 + 10_000)
+    assert list(tok.merges) == expected
+    assert list(tok.merges.values()) == list(range(256, 256 + len(expected)))
+    for new_id, (x, y) in enumerate(expected, start=256):
+        assert tok.vocab[new_id] == tok.vocab[x] + tok.vocab[y]
+    short = BPETokenizer(pattern=pattern).train(text, vocab_size=256 + 25)
+    assert list(short.merges) == expected[:25]
+    assert tok.decode(tok.encode(text)) == text
 
 
 @pytest.mark.parametrize("seed", range(5))

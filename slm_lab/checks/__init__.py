@@ -1,5 +1,9 @@
 """Lab self-checks: each compares a student's function with a reference on fresh random inputs.
 
+The reference is the package's own implementation (slm_lab.model, .tokenizer, .quantize, .kernels, ...),
+computed before the student's function runs; a check never keeps a copy of it. To name a mistake, a
+check compares a wrong answer with what that mistake gives, preferably the package's output on changed
+inputs (tests/test_checks_accept_package.py runs every check on the package itself).
 A check stops at the first problem and names it in one line (wrong shape, wrong dtype, values off
 by how much, future positions visible, not normalised, NaN for large inputs, not done yet). On
 success it prints one pass line. Check cells call them, e.g. `m02.check_attention(causal_attention)`.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from ..sizing import weight_bytes
 from . import fail, passed
 
 # check id → (what is asked, expected value, relative tolerance, {wrong value: diagnosis})
@@ -45,13 +46,14 @@ def check_answer(check_id: str, value) -> None:
 
 
 def check_fits(answer: dict, budget_gb: float = 8.0) -> None:
-    """answer: {model name: True/False}, does the model's fp16 weights fit in budget_gb? (sizes from ANSWER_MODELS)."""
+    """answer: {model name: True/False}, does the model's fp16 weights fit in budget_gb? (sizes from FIT_MODELS)."""
     if not isinstance(answer, dict) or set(answer) != set(FIT_MODELS):
         fail(f"00.fits: give a dict with exactly these keys: {sorted(FIT_MODELS)}.")
     for name, params in FIT_MODELS.items():
-        fits = params * 2 / 1e9 <= budget_gb
+        gb = weight_bytes(params, "fp16") / 1e9
+        fits = gb <= budget_gb
         if bool(answer[name]) != fits:
-            fail(f"00.fits: {name} ({params / 1e9:g}B parameters) needs {params * 2 / 1e9:.1f} GB in fp16, so it "
+            fail(f"00.fits: {name} ({params / 1e9:g}B parameters) needs {gb:.1f} GB in fp16, so it "
                  f"{'fits' if fits else 'does not fit'} in {budget_gb:g} GB.")
     passed("00.fits", f"{sum(answer.values())} of {len(answer)} fit in {budget_gb:g} GB at fp16")
 

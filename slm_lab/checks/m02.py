@@ -1,4 +1,9 @@
-"""Checks for lab 02 — build and train an SLM: attention, RMSNorm, RoPE, a training step, top-k."""
+"""Checks for lab 02 — build and train an SLM: attention, RMSNorm, RoPE, a training step, top-k.
+
+The references are the package's own: `slm_lab.kernels.naive_attention` (causal), `slm_lab.model`'s
+RMSNorm, rope_tables + apply_rope and top_k_logits. A wrong answer is compared with what a usual
+mistake gives (mostly the package's output on changed inputs) to name it.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,39 +12,41 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import model as package
+from ..kernels.naive import naive_attention
 from . import call, expect_close, expect_tensor, fail, passed
 
 
-# ------------------------------------------------------------------ references ----
-def ref_attention(q, k, v, scale: bool = True, diagonal: int = 0):
-    T, S = q.shape[-2], k.shape[-2]
-    scores = q @ k.transpose(-2, -1)
-    if scale:
-        scores = scores / math.sqrt(q.shape[-1])
-    mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=diagonal)
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+# ------------------------------------------------------- references and mistakes ----
+def _attention(q, k, v, **kw):
+    """The package's causal attention; scale=1.0 gives the unscaled mistake."""
+    return naive_attention(q, k, v, causal=True, **kw)
 
 
-def ref_rmsnorm(x, weight, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+def _mistake_hides_diagonal(q, k, v):
+    """Causal attention whose mask hides the diagonal too: query t sees keys 0 … t-1, which is the package's
+    causal attention of queries 1 … T-1 over keys 0 … T-2. Query 0 sees nothing (NaN there; 0 here)."""
+    out = torch.zeros_like(v)
+    out[..., 1:, :] = _attention(q[..., 1:, :], k[..., :-1, :], v[..., :-1, :])
+    return out
 
 
-def ref_rope(x, theta=10000.0, interleaved=False, direction=1.0):
-    T, hd = x.shape[-2], x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    ang = direction * torch.outer(torch.arange(T, dtype=torch.float64), inv)   # (T, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-        return out.flatten(-2)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+def _rmsnorm(x, weight, eps):
+    norm = package.RMSNorm(x.shape[-1], eps)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        return norm(x)
 
 
-def ref_top_k(logits, k):
-    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
+def _rope_tables(x, theta=10000.0):
+    return package.rope_tables(x.shape[-1], x.shape[-2], theta)      # cos, sin: (T, hd)
+
+
+def _mistake_interleaved(x, cos, sin):
+    """RoPE on adjacent pairs (x0, x1), (x2, x3)…: the package's half-split rotation of x with its even
+    and odd entries gathered into the two halves, then put back in place."""
+    out = package.apply_rope(torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1), cos, sin)
+    return torch.stack(out.chunk(2, dim=-1), dim=-1).flatten(-2)
 
 
 def _close(a, b, atol=1e-5):
@@ -56,6 +63,10 @@ def check_attention(causal_attention) -> None:
     """causal_attention(q, k, v) with q, k, v of shape (B, H, T, hd) → (B, H, T, hd)."""
     what = "causal_attention"
     q, k, v = _qkv()
+    big_inputs = _qkv(seed=1, scale=30.0)
+    one = _qkv(B=1, H=2, T=1, hd=8, seed=2)
+    ref, ref_big = _attention(q, k, v), _attention(*big_inputs)
+    unscaled, hides_diagonal = _attention(q, k, v, scale=1.0), _mistake_hides_diagonal(q, k, v)
     out = call(causal_attention, q, k, v, what=what)
     expect_tensor(out, what=what, shape=q.shape, dtype=torch.float32)
     if torch.isnan(out[..., 0, :]).any():
@@ -73,25 +84,28 @@ def check_attention(causal_attention) -> None:
     avg = call(causal_attention, q, k, ones, what=what)
     if not torch.allclose(avg, ones, atol=1e-5):
         fail(f"{what}: attention weights are not normalised — with v = 1 the output should be all ones; take the softmax over the last dimension (the keys).")
-    ref = ref_attention(q, k, v)
     if not _close(out, ref):
-        if _close(out, ref_attention(q, k, v, scale=False)):
+        if _close(out, unscaled):
             fail(f"{what}: missing the 1/sqrt(head_dim) scaling of the scores.")
-        if _close(out, ref_attention(q, k, v, diagonal=-1).nan_to_num(0.0)) or torch.isnan(out).any():
+        if _close(out, hides_diagonal) or torch.isnan(out).any():
             fail(f"{what}: a token cannot see itself — the mask is off by one (keep the diagonal).")
         expect_close(out, ref, what=what)
-    big = call(causal_attention, *_qkv(seed=1, scale=30.0), what=what)
+    big = call(causal_attention, *big_inputs, what=what)
     if not torch.isfinite(big).all():
         fail(f"{what}: NaN/inf for large inputs — exp overflows; subtract the row maximum before exp (torch.softmax does).")
-    expect_close(big, ref_attention(*_qkv(seed=1, scale=30.0)), what=f"{what} (large inputs)", atol=1e-4)
-    q, k, v = _qkv(B=1, H=2, T=1, hd=8, seed=2)
-    expect_close(call(causal_attention, q, k, v, what=what), v, what=f"{what} with one token")
+    expect_close(big, ref_big, what=f"{what} (large inputs)", atol=1e-4)
+    expect_close(call(causal_attention, *one, what=what), one[2], what=f"{what} with one token")
     passed("causal attention", "mask, scaling, normalisation, stability")
 
 
 def check_rmsnorm(RMSNorm) -> None:
     """RMSNorm(dim, eps=1e-5): an nn.Module with a learnable `weight` (ones); normalises the last dim."""
     what = "RMSNorm"
+    g = torch.Generator().manual_seed(0)
+    weight = torch.rand(16, generator=g) + 0.5
+    x = torch.randn(4, 5, 16, generator=g) * 3 + 1
+    ref, unweighted = _rmsnorm(x, weight, 1e-5), _rmsnorm(x, torch.ones(16), 1e-5)
+    ref_small = _rmsnorm(x * 1e-2, torch.ones(16), 1e-2)
     norm = call(RMSNorm, 16, what=f"{what}(16)")
     if not isinstance(norm, torch.nn.Module):
         fail(f"{what} should be an nn.Module subclass (class RMSNorm(nn.Module)).")
@@ -100,24 +114,21 @@ def check_rmsnorm(RMSNorm) -> None:
         fail(f"{what}(16) should have a learnable `weight` of shape (16,) — an nn.Parameter.")
     if not torch.allclose(w.detach(), torch.ones(16)):
         fail(f"{what}: initialise `weight` to ones so the layer starts as a pure normalisation.")
-    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(16, generator=g) + 0.5)
-    x = torch.randn(4, 5, 16, generator=g) * 3 + 1
+        norm.weight.copy_(weight)
     out = call(norm, x, what=what)
     expect_tensor(out, what=what, shape=x.shape)
-    ref = ref_rmsnorm(x, norm.weight.detach(), 1e-5)
     if not _close(out, ref, atol=1e-4):
-        if _close(out, F.layer_norm(x, (16,), norm.weight.detach(), eps=1e-5), atol=1e-4):
+        if _close(out, F.layer_norm(x, (16,), weight, eps=1e-5), atol=1e-4):
             fail(f"{what}: you subtracted the mean — that is LayerNorm; RMSNorm only divides by the root mean square.")
-        if _close(out, ref_rmsnorm(x, torch.ones(16), 1e-5), atol=1e-4):
+        if _close(out, unweighted, atol=1e-4):
             fail(f"{what}: the output is not multiplied by `weight`.")
         expect_close(out, ref, what=what, atol=1e-4, hint="normalise over the last dimension: x / sqrt(mean(x²) + eps) · weight")
     zero = call(norm, torch.zeros(2, 16), what=what)
     if not torch.isfinite(zero).all():
         fail(f"{what}: an all-zero input gives NaN — add eps inside the square root.")
     small = call(call(RMSNorm, 16, eps=1e-2, what=f"{what}(16, eps=1e-2)"), x * 1e-2, what=what)
-    expect_close(small, ref_rmsnorm(x * 1e-2, torch.ones(16), 1e-2), what=f"{what} with eps=1e-2", atol=1e-4,
+    expect_close(small, ref_small, what=f"{what} with eps=1e-2", atol=1e-4,
                  hint="use the eps argument, inside the square root: sqrt(mean(x²) + eps)")
     passed("RMSNorm", "weight, values, eps")
 
@@ -127,33 +138,36 @@ def check_rope(apply_rope) -> None:
     what = "apply_rope"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 9, 16, generator=g)
+    cos, sin = _rope_tables(x)
+    ref = package.apply_rope(x, cos, sin)
+    interleaved = _mistake_interleaved(x, cos, sin)
+    backwards = package.apply_rope(x, cos, -sin)                     # rotated by -angle
+    ref_500 = package.apply_rope(x, *_rope_tables(x, 500.0))
     out = call(apply_rope, x, what=what)
     expect_tensor(out, what=what, shape=x.shape, dtype=x.dtype)
     if not torch.allclose(out[..., 0, :], x[..., 0, :], atol=1e-5):
         fail(f"{what}: position 0 changed — its angle is 0, so it must not be rotated (positions start at 0).")
     if not torch.allclose(out.norm(dim=-1), x.norm(dim=-1), atol=1e-4):
         fail(f"{what}: vector lengths changed — a rotation uses cos and sin of the same angle and preserves length.")
-    ref = ref_rope(x)
     if not _close(out, ref, atol=1e-4):
-        if _close(out, ref_rope(x, interleaved=True), atol=1e-4):
+        if _close(out, interleaved, atol=1e-4):
             fail(f"{what}: rotates adjacent pairs (x0, x1), (x2, x3)… — the course (like HF Llama) pairs x_i with x_(i + hd/2), the two halves.")
-        if _close(out, ref_rope(x, direction=-1.0), atol=1e-4):
+        if _close(out, backwards, atol=1e-4):
             fail(f"{what}: rotates the wrong way — rotate_half(x) is cat(-x2, x1), not cat(x2, -x1).")
         expect_close(out, ref, what=what, atol=1e-4,
                      hint="angle = position · theta^(-2i/hd) for i in 0..hd/2-1; out = x·cos + rotate_half(x)·sin")
-    expect_close(call(apply_rope, x, theta=500.0, what=what), ref_rope(x, 500.0), what=f"{what} with theta=500",
+    expect_close(call(apply_rope, x, theta=500.0, what=what), ref_500, what=f"{what} with theta=500",
                  atol=1e-4, hint="use the theta argument")
     passed("RoPE", "position 0, lengths, pairing, frequencies")
 
 
 def _tiny_model(seed=0):
-    from ..model import SLM, SLMConfig
-
     torch.manual_seed(seed)
-    return SLM(SLMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8))
+    return package.SLM(package.SLMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8))
 
 
 def _ref_step(model, opt, x, y, clip=1.0):
+    # The training step of slm_lab.train.train, whose loop body is not a function of its own to call.
     opt.zero_grad(set_to_none=True)
     loss = model(x, y).loss
     loss.backward()
@@ -167,11 +181,13 @@ def check_train_step(train_step) -> None:
     what = "train_step"
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
+    x2, y2 = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
     ours, ref = _tiny_model(), _tiny_model()
     opt_ours = torch.optim.SGD(ours.parameters(), lr=1.0)       # a big step makes every mistake visible
     opt_ref = torch.optim.SGD(ref.parameters(), lr=1.0)
     before = copy.deepcopy(ours.state_dict())
-    expected_loss = ref(x, y).loss.item()
+    expected_loss = _ref_step(ref, opt_ref, x, y)
+    _ref_step(ref, opt_ref, x2, y2)
     loss = call(train_step, ours, opt_ours, x, y, what=what)
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
@@ -183,10 +199,7 @@ def check_train_step(train_step) -> None:
         fail(f"{what} returned loss {loss:.4f}, expected {expected_loss:.4f} — the loss of model(x, y) before the update.")
     if all(torch.equal(before[k], v) for k, v in ours.state_dict().items()):
         fail(f"{what}: the parameters did not change — call optimizer.step() after loss.backward().")
-    _ref_step(ref, opt_ref, x, y)
-    x2, y2 = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
     call(train_step, ours, opt_ours, x2, y2, what=what)
-    _ref_step(ref, opt_ref, x2, y2)
     if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), ref.parameters())):
         # Which mistake? Replay the alternatives from the same start.
         alt = _tiny_model()
@@ -208,6 +221,8 @@ def check_top_k(top_k_logits) -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 20, generator=g)
     original = logits.clone()
+    ref, ref_all = package.top_k_logits(logits, 5), package.top_k_logits(logits, 50)
+    top = torch.isfinite(ref)                                          # the 5 largest of each row
     out = call(top_k_logits, logits, 5, what=what)
     expect_tensor(out, what=what, shape=logits.shape)
     if not torch.equal(logits, original):
@@ -215,14 +230,14 @@ def check_top_k(top_k_logits) -> None:
     kept = torch.isfinite(out).sum(dim=-1)
     if (kept != 5).any():
         fail(f"{what}(logits, k=5) keeps {kept.tolist()} tokens per row, expected 5 in each (off by one?).")
-    top = torch.topk(logits, 5, dim=-1).indices
-    if not torch.isfinite(out.gather(-1, top)).all():
+    if not torch.isfinite(out[top]).all():
         fail(f"{what} kept tokens that are not among the 5 largest logits.")
-    if not torch.equal(out.gather(-1, top), logits.gather(-1, top)):
+    if not torch.equal(out[top], logits[top]):
         fail(f"{what} changed the kept logits — leave them as they are (softmax renormalises later).")
     if not (torch.isinf(out) & (out < 0) | torch.isfinite(out)).all():
         fail(f"{what}: removed tokens must be -inf (probability 0 after softmax), not +inf or NaN.")
-    expect_close(call(top_k_logits, logits, 50, what=what), logits, what=f"{what} with k larger than the vocabulary",
+    expect_close(out, ref, what=what)
+    expect_close(call(top_k_logits, logits, 50, what=what), ref_all, what=f"{what} with k larger than the vocabulary",
                  hint="when k ≥ vocabulary size, keep every token (torch.topk needs k ≤ size)")
     passed("top-k filtering", "count, which tokens, values, k ≥ V")
 

@@ -1,8 +1,9 @@
 """Checks for lab 03 — SLM vs LLM: a parameter count, KV-cache memory, training FLOPs, a decode benchmark.
 
 References are independent of the student's formula: parameter counts come from `transformers` models
-built on the meta device (real shapes, no memory), KV-cache bytes from the course model's real cache,
-decode speed from a reference measurement on the same model.
+built on the meta device (real shapes, no memory), KV-cache bytes from the course model's real cache
+and `slm_lab.sizing.kv_cache_bytes`, FLOPs from `slm_lab.sizing.training_flops`, decode speed from
+`slm_lab.latency.time_decode` on the same model.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 
 import torch
 
+from .. import sizing as package
+from ..latency import time_decode
 from . import CheckFailed, call, fail, passed
 
 # Configs the student's count_params(config) receives: the course's SLMConfig keys.
@@ -80,8 +83,8 @@ def check_param_count(count_params) -> None:
     """count_params(config: dict) → int, for the configs in PARAM_CONFIGS (SLMConfig keys)."""
     what = "count_params"
     for name, config in PARAM_CONFIGS.items():
-        got = _as_int(call(count_params, dict(config), what=what), what)
         ref = reference_count(config)
+        got = _as_int(call(count_params, dict(config), what=what), what)
         if got != ref:
             why = _param_slips(config).get(got - ref)
             if why:
@@ -92,9 +95,9 @@ def check_param_count(count_params) -> None:
 
 
 # ------------------------------------------------------------------- KV cache ----
-def ref_kv_cache_bytes(config: dict, context: int, batch: int, bits: int) -> float:
-    hd = config["d_model"] // config["n_head"]
-    return 2 * config["n_layer"] * config["n_kv_head"] * hd * context * batch * bits / 8
+def _dtype(bits: int) -> str:
+    """A dtype name of slm_lab.sizing whose numbers take `bits` bits (32 → "fp32", 16 → "bf16", 8 → "int8")."""
+    return next(name for name, size in package.BYTES_PER_PARAM.items() if size * 8 == bits)
 
 
 def _measured_kv_bytes(config: dict, context: int, batch: int) -> int:
@@ -118,13 +121,13 @@ def check_kv_cache(kv_cache_bytes) -> None:
              (PARAM_CONFIGS["Llama-3-8B"], 1000, 2, 8, "Llama-3-8B, 1000 tokens, batch 2, 8-bit"),
              (PARAM_CONFIGS["GPT-2 124M"], 1024, 1, 32, "GPT-2 124M, 1024 tokens, 32-bit")]
     for config, context, batch, bits, name in cases:
+        ref = _measured_kv_bytes(config, context, batch) if bits == 32 and config is small else \
+            package.kv_cache_bytes(config, context, batch, _dtype(bits))
         got = call(kv_cache_bytes, dict(config), context, batch, bits, what=what)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             fail(f"{what} should return a number of bytes, got {type(got).__name__}.")
-        ref = _measured_kv_bytes(config, context, batch) if bits == 32 and config is small else \
-            ref_kv_cache_bytes(config, context, batch, bits)
         if math.isclose(got, ref, rel_tol=1e-9):
             continue
         H, K, L = config["n_head"], config["n_kv_head"], config["n_layer"]
@@ -147,12 +150,12 @@ def check_training_flops(training_flops) -> None:
     """training_flops(n_params, n_tokens) → FLOPs to train (forward + backward)."""
     what = "training_flops"
     for n, d in ((175e9, 300e9), (135e6, 2e12), (1e9, 20e9), (3.0, 7.0)):
+        ref = package.training_flops(n, d)
         got = call(training_flops, n, d, what=what)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             fail(f"{what} should return a number of FLOPs, got {type(got).__name__}.")
-        ref = 6 * n * d
         if math.isclose(got, ref, rel_tol=1e-9):
             continue
         slips = {2 * n * d: "that is the forward pass only (2 FLOPs per parameter per token); the backward pass costs "
@@ -218,10 +221,10 @@ def check_latency(decode_tokens_per_s, prompt_len: int = 64, new_tokens: int = 3
 
 
 def _check_latency(decode_tokens_per_s, prompt_len: int, new_tokens: int) -> None:
-    from ..latency import time_decode
-
     what = "decode_tokens_per_s"
     model = _recording_model()
+    ref = time_decode(model, prompt_len, new_tokens, repeats=3)
+    model.calls.clear()                  # from here on: the student's calls only
     try:
         got = call(decode_tokens_per_s, model, prompt_len, new_tokens, what=what)
     except CheckFailed as exc:      # a crash caused by misusing the cache is better explained by the calls
@@ -234,7 +237,6 @@ def _check_latency(decode_tokens_per_s, prompt_len: int, new_tokens: int) -> Non
     if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got) or got <= 0:
         fail(f"{what} should return a positive number of tokens per second, got {got!r}.")
     _check_calls(model.calls, what, prompt_len, new_tokens)
-    ref = time_decode(model, prompt_len, new_tokens, repeats=3)
     for _ in range(2):              # timings only get slower when disturbed: retry, keep the fastest of each
         if 1 / 5 <= got / ref <= 5:
             break

@@ -3,7 +3,8 @@
 The loss is checked in three parts so a failure names the part that is wrong: the soft term alone
 (alpha = 1), the hard term alone (alpha = 0), then the mix. Each wrong value is compared with what the
 usual mistakes give (no T², KL arguments swapped, log-probabilities where probabilities belong, the
-wrong reduction, the temperature on one side only) to say which one it is.
+wrong reduction, the temperature on one side only) to say which one it is. The reference is
+`slm_lab.distill` (distillation_loss; soft_kl for the mistakes).
 """
 from __future__ import annotations
 
@@ -13,46 +14,33 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import distill as package
 from . import call, expect_tensor, fail, passed
 
 B, T_LEN, V = 3, 5, 11
 
 
-# ------------------------------------------------------------------ references ----
-def ref_kl(s, t, temp, *, swapped=False, temp_teacher=True, temp_student=True):
-    """Per-position KL(p ‖ q) summed over the vocabulary, (B, T); p the teacher, q the student at temp."""
-    log_q = F.log_softmax(s / (temp if temp_student else 1.0), dim=-1)
-    log_p = F.log_softmax(t / (temp if temp_teacher else 1.0), dim=-1)
-    if swapped:
-        log_p, log_q = log_q, log_p
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-def ref_distillation_loss(s, t, y, temperature, alpha):
-    """alpha · T² · mean KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, y)."""
-    hard = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1))
-    return alpha * temperature**2 * ref_kl(s, t, temperature).mean() + (1 - alpha) * hard
-
-
+# ------------------------------------------------------- references and mistakes ----
 def _soft_slips(s, t, temp) -> dict[str, float]:
-    """What the usual mistakes in the soft term give (alpha = 1) → what went wrong."""
-    kl = ref_kl(s, t, temp)
-    n_pos, T2 = kl.numel(), temp**2
+    """What the usual mistakes in the soft term give (alpha = 1) → what went wrong. Each is the package's
+    KL (`slm_lab.distill.soft_kl`, the mean over positions) of changed inputs, or rescaled."""
+    kl = package.soft_kl(s, t, temp)
+    n_pos, T2 = B * T_LEN, temp**2
     log_q = F.log_softmax(s / temp, -1)
     p = F.softmax(t / temp, -1)
     return {
         "the KL term is not multiplied by T² — its gradients shrink like 1/T², so multiply by temperature**2":
-            kl.mean(),
-        "the KL term is multiplied by T, not T²": temp * kl.mean(),
+            kl,
+        "the KL term is multiplied by T, not T²": temp * kl,
         "KL arguments swapped — distil KL(teacher ‖ student): F.kl_div(student_log_probs, teacher_probs), "
-        "the teacher's probabilities are the target": T2 * ref_kl(s, t, temp, swapped=True).mean(),
+        "the teacher's probabilities are the target": T2 * package.soft_kl(t, s, temp),
         "wrong reduction — reduction='mean' also divides by the vocabulary size; sum over the vocabulary, "
-        "average over positions (reduction='batchmean' on (B·T, V))": T2 * kl.sum() / (n_pos * V),
+        "average over positions (reduction='batchmean' on (B·T, V))": T2 * kl / V,
         "wrong reduction — reduction='batchmean' on (B, T, V) divides by B only; reshape to (B·T, V) first":
-            T2 * kl.sum() / B,
-        "wrong reduction — the KL is summed over positions; average it over positions": T2 * kl.sum(),
-        "the teacher's logits are not divided by the temperature": T2 * ref_kl(s, t, temp, temp_teacher=False).mean(),
-        "the student's logits are not divided by the temperature": T2 * ref_kl(s, t, temp, temp_student=False).mean(),
+            T2 * kl * n_pos / B,
+        "wrong reduction — the KL is summed over positions; average it over positions": T2 * kl * n_pos,
+        "the teacher's logits are not divided by the temperature": T2 * package.soft_kl(s, t * temp, temp),
+        "the student's logits are not divided by the temperature": T2 * package.soft_kl(s * temp, t, temp),
         "probabilities where log-probabilities belong — F.kl_div's first argument is the student's "
         "log_softmax, not its softmax": T2 * (p * (p.log() - log_q.exp())).sum(-1).mean(),
         "log-probabilities where probabilities belong — weight (log p − log q) by the teacher's "
@@ -98,40 +86,48 @@ def check_distillation_loss(distillation_loss) -> None:
     """distillation_loss(student_logits, teacher_logits, targets, temperature, alpha) → a 0-d tensor:
     alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, targets); logits (B, T, V)."""
     what = "distillation_loss"
+    ref = package.distillation_loss
     s, t, y = _inputs(0)
     temp = 3.0
+    soft, slips = ref(s, t, y, temp, 1.0).item(), _soft_slips(s, t, temp)
+    hard = ref(s, t, y, temp, 0.0).item()
+    hard_scaled = F.cross_entropy(s.reshape(-1, V) / temp, y.reshape(-1))          # CE on logits / T
+    mixes = []
+    for temp_, alpha, seed in ((3.0, 0.3, 1), (1.0, 0.8, 2), (0.5, 0.6, 3)):
+        s_, t_, y_ = _inputs(seed)
+        mixes.append((temp_, alpha, (s_, t_, y_), ref(s_, t_, y_, temp_, alpha).item(),
+                      ref(s_, t_, y_, temp_, 1 - alpha).item(),
+                      [ref(s_, t_, y_, T_, a_).item() for T_, a_ in ((2.0, alpha), (temp_, 0.5), (2.0, 0.5))]))
+    s_big, t_big, y_big = _inputs(4, scale=100.0)
+    ref_big = ref(s_big.double(), t_big.double(), y_big, 2.0, 0.5).item()
+
     got = _loss_value(distillation_loss, s, t, y, temp, 1.0, f"{what} (alpha=1)")
-    if not _close(got, ref_distillation_loss(s, t, y, temp, 1.0)):
-        for message, value in _soft_slips(s, t, temp).items():
+    if not _close(got, soft):
+        for message, value in slips.items():
             if _close(got, value):
                 fail(f"{what}: {message}.")
-        if _close(got, F.cross_entropy(s.reshape(-1, V), y.reshape(-1))):
+        if _close(got, hard):
             fail(f"{what}: alpha=1 gave the plain cross-entropy — alpha weights the soft (teacher) term and "
                  "1 − alpha the hard cross-entropy, not the other way round.")
-        fail(f"{what} with alpha=1 (only the soft term) gives {got:.4f}, expected {ref_distillation_loss(s, t, y, temp, 1.0):.4f}"
+        fail(f"{what} with alpha=1 (only the soft term) gives {got:.4f}, expected {soft:.4f}"
              " — T² · KL(softmax(teacher/T) ‖ softmax(student/T)), summed over the vocabulary, averaged over positions.")
     got = _loss_value(distillation_loss, s, t, y, temp, 0.0, f"{what} (alpha=0)")
-    hard = F.cross_entropy(s.reshape(-1, V), y.reshape(-1)).item()
     if not _close(got, hard):
-        if _close(got, F.cross_entropy(s.reshape(-1, V) / temp, y.reshape(-1))):
+        if _close(got, hard_scaled):
             fail(f"{what}: the hard-label cross-entropy uses logits divided by T — use the student's raw logits there.")
         fail(f"{what} with alpha=0 gives {got:.4f}, expected the plain cross-entropy with the targets, {hard:.4f}.")
-    for temp, alpha, seed in ((3.0, 0.3, 1), (1.0, 0.8, 2), (0.5, 0.6, 3)):
-        s, t, y = _inputs(seed)
+    for temp, alpha, (s, t, y), expected, swapped, fixed in mixes:
         got = _loss_value(distillation_loss, s, t, y, temp, alpha, f"{what} (T={temp}, alpha={alpha})")
-        expected = ref_distillation_loss(s, t, y, temp, alpha).item()
         if not _close(got, expected):
-            if _close(got, ref_distillation_loss(s, t, y, temp, 1 - alpha)):
+            if _close(got, swapped):
                 fail(f"{what}: alpha weights the soft (teacher) term and 1 − alpha the hard cross-entropy, not the other way round.")
-            fixed = [ref_distillation_loss(s, t, y, T_, a_) for T_, a_ in ((2.0, alpha), (temp, 0.5), (2.0, 0.5))]
             if any(_close(got, value) for value in fixed):
                 fail(f"{what}: use the temperature and alpha arguments instead of fixed values.")
             fail(f"{what} with T={temp}, alpha={alpha} gives {got:.4f}, expected {expected:.4f} — "
                  "alpha · soft + (1 − alpha) · hard.")
-    s, t, y = _inputs(4, scale=100.0)
     hint = "for large logits softmax underflows to 0; take log_softmax, not log(softmax(...))"
-    got = _loss_value(distillation_loss, s, t, y, 2.0, 0.5, f"{what} (large logits)", nan_hint=hint)
-    if not _close(got, ref_distillation_loss(s.double(), t.double(), y, 2.0, 0.5)):
+    got = _loss_value(distillation_loss, s_big, t_big, y_big, 2.0, 0.5, f"{what} (large logits)", nan_hint=hint)
+    if not _close(got, ref_big):
         fail(f"{what} is inaccurate for large logits — {hint}.")
     passed("distillation loss", "T², KL direction, probabilities, reduction, mixing")
 
@@ -149,11 +145,12 @@ def _models(seed=0):
     return student, teacher
 
 
-def _ref_step(student, teacher, opt, x, y, temp, alpha, clip=True, no_grad=True):
+def _ref_step(student, teacher, opt, x, y, temp, alpha, clip=True):
+    # The step of slm_lab.distill.distill (slm_lab.train.train's loop body, not a function of its own to call).
     opt.zero_grad(set_to_none=True)
-    with torch.set_grad_enabled(not no_grad):
+    with torch.no_grad():
         t = teacher(x).logits
-    loss = ref_distillation_loss(student(x).logits, t, y, temp, alpha)
+    loss = package.distillation_loss(student(x).logits, t, y, temp, alpha)
     loss.backward()
     if clip:
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -172,14 +169,18 @@ def check_distill_step(distill_step) -> None:
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, V, (4, 8), generator=g), torch.randint(0, V, (4, 8), generator=g)) for _ in range(2)]
     student, teacher = _models()
-    ref_student, ref_teacher = _models()
+    start, ref_teacher = _models()               # `start` stays as it was: the student before any step
+    ref_student = copy.deepcopy(start)
     teacher_before = copy.deepcopy(teacher.state_dict())
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
     ref_opt = torch.optim.SGD(ref_student.parameters(), lr=0.5)
     temp, alpha = 2.0, 0.7
     x, y = batches[0]
     with torch.no_grad():
-        expected = ref_distillation_loss(ref_student(x).logits, ref_teacher(x).logits, y, temp, alpha).item()
+        s0, t0 = start(x).logits, ref_teacher(x).logits
+        fixed_knobs = package.distillation_loss(s0, t0, y, 2.0, 0.5).item()
+    expected = _ref_step(ref_student, ref_teacher, ref_opt, x, y, temp, alpha)
+    _ref_step(ref_student, ref_teacher, ref_opt, *batches[1], temp, alpha)
     loss = call(distill_step, student, teacher, opt, x, y, temp, alpha, what=what)
     if isinstance(loss, torch.Tensor):
         fail(f"{what} should return the loss as a Python float (loss.item()), not a tensor.")
@@ -190,15 +191,13 @@ def check_distill_step(distill_step) -> None:
     if any(not torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items()):
         fail(f"{what}: the teacher's weights changed — the optimizer must only hold the student's parameters.")
     if not math.isclose(loss, expected, rel_tol=1e-4):
-        if math.isclose(loss, ref_distillation_loss(ref_student(x).logits, ref_teacher(x).logits, y, 2.0, 0.5).item(), rel_tol=1e-4):
+        if math.isclose(loss, fixed_knobs, rel_tol=1e-4):
             fail(f"{what}: pass the temperature and alpha arguments on to the loss.")
         fail(f"{what} returned loss {loss:.4f}, expected {expected:.4f} — the distillation loss of the student's "
              "logits against the teacher's, before the update.")
-    if _same(student, ref_student):
+    if _same(student, start):
         fail(f"{what}: the student's parameters did not change — call loss.backward() and optimizer.step().")
-    _ref_step(ref_student, ref_teacher, ref_opt, x, y, temp, alpha)
     call(distill_step, student, teacher, opt, *batches[1], temp, alpha, what=what)
-    _ref_step(ref_student, ref_teacher, ref_opt, *batches[1], temp, alpha)
     if not _same(student, ref_student):
         alt, alt_teacher = _models()
         alt_opt = torch.optim.SGD(alt.parameters(), lr=0.5)

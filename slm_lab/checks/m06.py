@@ -1,8 +1,8 @@
 """Checks for lab 06 — pruning: a magnitude mask at an exact sparsity, and removing MLP neurons.
 
 The mask check uses weights with many equal magnitudes (ties at the threshold) and sparsities whose
-count a floor or a quantile gets wrong; the neuron check compares the shrunken MLP with the original
-whose dropped neurons are zeroed, which is what removing them must equal.
+count a floor or a quantile gets wrong; the neuron check compares the shrunken MLP with the same MLP
+shrunk by `slm_lab.prune.remove_neurons`. The reference is `slm_lab.prune`.
 """
 from __future__ import annotations
 
@@ -11,23 +11,22 @@ import copy
 import torch
 import torch.nn as nn
 
+from .. import prune as package
 from . import CheckFailed, call, expect_close, expect_tensor, fail, passed
 
 
 # -------------------------------------------------------------- magnitude mask ----
-def _count(numel: int, sparsity: float) -> int:
-    return int(round(sparsity * numel))
-
-
 def _check_one_mask(magnitude_mask, w: torch.Tensor, sparsity: float, what: str) -> None:
     original = w.clone()
+    # How many to prune: as many as the package's mask prunes. Which ones is not unique when magnitudes tie
+    # at the threshold, so the student's mask is judged by its count and order, not compared entry by entry.
+    k, n = int((~package.magnitude_mask(w, sparsity)).sum()), w.numel()
     mask = call(magnitude_mask, w, sparsity, what=what)
     expect_tensor(mask, what=what, shape=w.shape)
     if not torch.equal(w, original):
         fail(f"{what} changed the weights in place — return a mask and leave the weights alone.")
     if mask.dtype != torch.bool:
         fail(f"{what} returned dtype {mask.dtype}; return a bool mask (True = keep), e.g. from a comparison.")
-    k, n = _count(w.numel(), sparsity), w.numel()
     mag = w.abs()
 
     def right(m):                         # exactly k pruned, and no pruned |w| above a kept one
@@ -63,11 +62,12 @@ def check_magnitude_mask(magnitude_mask) -> None:
     for s in (0.2, 0.5, 0.75):
         _check_one_mask(magnitude_mask, tied, s, what)
     _check_one_mask(magnitude_mask, torch.randn(3, 5, 7, generator=g), 0.6, f"{what} on a 3-d tensor")
-    for s, expect in ((0.0, True), (1.0, False)):
+    for s in (0.0, 1.0):
         w = torch.randn(6, 6, generator=g)
+        ref = package.magnitude_mask(w, s)                             # all True, then all False
         mask = call(magnitude_mask, w, s, what=f"{what}(sparsity={s})")
-        if not isinstance(mask, torch.Tensor) or mask.shape != w.shape or not bool((mask == expect).all()):
-            fail(f"{what}(sparsity={s}) should {'keep every weight' if expect else 'prune every weight'}.")
+        if not isinstance(mask, torch.Tensor) or mask.shape != w.shape or not torch.equal(mask.bool(), ref):
+            fail(f"{what}(sparsity={s}) should {'keep every weight' if s == 0 else 'prune every weight'}.")
     passed("magnitude mask", "exact count, ties, which weights survive")
 
 
@@ -84,11 +84,10 @@ def _mlp(bias: bool, seed: int):
     return mlp
 
 
-def _zeroed(mlp, keep):
+def _shrunk(mlp, keep):
+    """A copy of mlp shrunk to the neurons `keep` by the package."""
     ref = copy.deepcopy(mlp)
-    drop = [j for j in range(mlp.down.in_features) if j not in set(keep.tolist())]
-    with torch.no_grad():
-        ref.down.weight[:, drop] = 0
+    package.remove_neurons(ref, keep)
     return ref
 
 
@@ -99,8 +98,10 @@ def check_remove_neurons(remove_neurons) -> None:
     for bias in (False, True):
         mlp = _mlp(bias, seed=int(bias))
         keep = torch.randperm(24, generator=torch.Generator().manual_seed(1))[:10]        # unsorted on purpose
-        ref, complement = _zeroed(mlp, keep), _zeroed(mlp, torch.tensor([j for j in range(24) if j not in keep]))
+        ref, complement = _shrunk(mlp, keep), _shrunk(mlp, torch.tensor([j for j in range(24) if j not in keep]))
         x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want, other = ref(x), complement(x)
         try:
             call(remove_neurons, mlp, keep.clone(), what=what)
         except CheckFailed as exc:
@@ -135,8 +136,6 @@ def check_remove_neurons(remove_neurons) -> None:
                 out = mlp(x)
         except Exception as exc:  # noqa: BLE001 - a student's broken module
             fail(f"{what}: the shrunken MLP fails on an input: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-        with torch.no_grad():
-            want, other = ref(x), complement(x)
         if torch.allclose(out, other, atol=1e-5) and not torch.allclose(out, want, atol=1e-5):
             fail(f"{what}: you removed the neurons in `keep` — keep them and remove the others.")
         expect_close(out, want, what=f"{what}{' (with biases)' if bias else ''}", atol=1e-5,

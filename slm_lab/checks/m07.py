@@ -11,6 +11,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from .. import lora as package
 from . import call, expect_close, expect_tensor, fail, passed
 
 IN, OUT, R, ALPHA = 12, 10, 3, 6.0          # scaling alpha / r = 2
@@ -50,6 +51,16 @@ def check_lora_linear(LoRALinear) -> None:
     what = "LoRALinear"
     base = _base()
     w0, b0 = base.weight.detach().clone(), base.bias.detach().clone()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, IN, generator=g)
+    A_trained, B_trained = torch.randn(R, IN, generator=g), torch.randn(OUT, R, generator=g)
+    reference = package.LoRALinear(copy.deepcopy(base), R, ALPHA)
+    with torch.no_grad():
+        ref_start = reference(x)                       # B = 0: the base layer's output
+        reference.lora_A.copy_(A_trained)
+        reference.lora_B.copy_(B_trained)
+        ref = reference(x)
+        delta = (ref - ref_start) / reference.scaling   # B·A·x, unscaled
     layer = call(LoRALinear, base, R, ALPHA, what=f"{what}(base, r={R}, alpha={ALPHA:g})")
     if not isinstance(layer, nn.Module):
         fail(f"{what} should be an nn.Module subclass (class LoRALinear(nn.Module)).")
@@ -68,20 +79,14 @@ def check_lora_linear(LoRALinear) -> None:
     trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
     if trainable != R * (IN + OUT):
         fail(f"{what} has {trainable} trainable numbers, expected r·(in + out) = {R * (IN + OUT)} (just A and B).")
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 5, IN, generator=g)
-    with torch.no_grad():
-        ref_start = x @ w0.T + b0
     out = call(layer, x, what=what)
     expect_tensor(out, what=what, shape=(4, 5, OUT))
     expect_close(out, ref_start, what=f"{what} at initialisation", atol=1e-5,
                  hint="with B = 0 the output must be the base layer's output, bias included")
     with torch.no_grad():                       # a trained-looking adapter
-        A.copy_(torch.randn(R, IN, generator=g))
-        B.copy_(torch.randn(OUT, R, generator=g))
+        A.copy_(A_trained)
+        B.copy_(B_trained)
     out = call(layer, x, what=what)
-    delta = (x @ A.detach().T @ B.detach().T)
-    ref = ref_start + (ALPHA / R) * delta
     if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
         got = (out.detach() - ref_start)
         factor = float((got * delta).sum() / (delta * delta).sum())
@@ -104,9 +109,7 @@ def check_lora_linear(LoRALinear) -> None:
 
 
 def _lora(seed: int = 0, bias: bool = True):
-    from ..lora import LoRALinear
-
-    layer = LoRALinear(_base(seed, bias), r=R, alpha=ALPHA)
+    layer = package.LoRALinear(_base(seed, bias), r=R, alpha=ALPHA)
     g = torch.Generator().manual_seed(seed + 10)
     with torch.no_grad():
         layer.lora_A.copy_(torch.randn(R, IN, generator=g))
@@ -120,6 +123,10 @@ def check_merge(merge_lora) -> None:
     for bias in (True, False):
         layer = _lora(bias=bias)
         before = copy.deepcopy(layer.state_dict())
+        x = torch.randn(6, IN, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            ref, base_out = layer(x), layer.base(x)     # the adapted layer (the package's LoRALinear) and its base
+            delta = (ref - base_out) / layer.scaling     # B·A·x, unscaled
         merged = call(merge_lora, layer, what=what)
         if not isinstance(merged, nn.Linear):
             fail(f"{what} should return an nn.Linear (a plain layer with no adapter), got {type(merged).__name__}.")
@@ -130,14 +137,10 @@ def check_merge(merge_lora) -> None:
             fail(f"{what}: the merged weight has shape {tuple(merged.weight.shape)}, expected (out, in) = {(OUT, IN)}.")
         if bias and merged.bias is None:
             fail(f"{what}: the merged layer has no bias but the base layer had one — copy it over.")
-        g = torch.Generator().manual_seed(3)
-        x = torch.randn(6, IN, generator=g)
         with torch.no_grad():
-            ref = layer(x)
             out = call(merged, x, what=f"the layer {what} returned")
         if not torch.allclose(out, ref, atol=1e-5, rtol=1e-5):
-            base = layer.base(x)
-            got, delta = out - base, (x @ (layer.lora_B @ layer.lora_A).T).detach()
+            got = out - base_out
             factor = float((got * delta).sum() / (delta * delta).sum())
             if torch.allclose(got, factor * delta, atol=1e-3, rtol=1e-3) and _scale_slip(factor, R, ALPHA):
                 fail(f"{what}: {_scale_slip(factor, R, ALPHA)} (= {ALPHA / R:g}) when merging.")
@@ -165,9 +168,9 @@ def check_inject(inject_lora) -> None:
         ids = torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             before = model(ids).logits
-        expected = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-                    and any(n == t or n.endswith("." + t) for t in targets)]
-        shapes = {n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in expected}
+        reference = copy.deepcopy(model)
+        expected = package.inject_lora(reference, targets, r=2, alpha=4.0)
+        want = sum(p.numel() for p in reference.parameters() if p.requires_grad)
         names = call(inject_lora, model, targets, 2, 4.0, what=f"{what}(model, {targets}, r=2, alpha=4)")
         if not isinstance(names, (list, tuple)):
             fail(f"{what} should return the list of names it wrapped, got {type(names).__name__}.")
@@ -188,7 +191,6 @@ def check_inject(inject_lora) -> None:
                 fail(f"{what}: {n} is still trainable — freeze every parameter of the model, then leave only the "
                      "adapters' A and B trainable.")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        want = sum(2 * (i + o) for i, o in shapes.values())
         if trainable != want:
             fail(f"{what}: {trainable} trainable numbers, expected Σ r·(in + out) = {want} over the wrapped layers.")
         with torch.no_grad():

@@ -14,6 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from ..onnx_runtime import input_names
 from . import CheckFailed, call, fail, passed
 
 _VOCAB, _BLOCK = 31, 48
@@ -47,7 +48,7 @@ class RecordingSession:
         self.calls: list[tuple[int, int]] = []
 
     def run(self, output_names, feed, *args, **kwargs):
-        ids, past = feed.get("input_ids"), feed.get("past_key_0")
+        ids, past = (feed.get(name) for name in input_names(1)[:2])     # input_ids, past_key_0
         if ids is not None and past is not None:
             self.calls.append((int(ids.shape[-1]), int(past.shape[2])))
         return self._session.run(output_names, feed, *args, **kwargs)
@@ -88,12 +89,13 @@ def _diagnose(calls: list[tuple[int, int]], prompt_len: int, n: int, what: str) 
 
 def check_greedy_decode(greedy_generate) -> None:
     """greedy_generate(session, spec, prompt_ids, max_new_tokens) → prompt + new ids, one token per step with the cache."""
-    from ..deploy import DeploySpec, load_session
+    from ..onnx_runtime import DeploySpec, load_session
 
     what = "greedy_generate"
     model, path = reference_model()
     spec = DeploySpec.from_session(load_session(path))
     for prompt, n in (([3, 14, 15, 9, 26, 5], 12), ([7], 9)):
+        ref = _reference_tokens(model, prompt, n)
         session = RecordingSession(load_session(path))
         try:
             out = call(greedy_generate, session, spec, list(prompt), n, what=what)
@@ -104,7 +106,6 @@ def check_greedy_decode(greedy_generate) -> None:
             out = [int(t) for t in (out.tolist() if hasattr(out, "tolist") else out)]
         except (TypeError, ValueError):
             fail(f"{what} should return a flat list of token ids (prompt + new tokens), got {type(out).__name__}.")
-        ref = _reference_tokens(model, prompt, n)
         if len(out) == n and out == ref[len(prompt):]:
             fail(f"{what} returned only the {n} new tokens — return the prompt followed by them ({len(ref)} ids).")
         if len(out) != len(ref):
@@ -123,6 +124,8 @@ def check_greedy_decode(greedy_generate) -> None:
 
 
 def _ref_report(measurements: dict, baseline: str) -> dict:
+    # The package has no function of this shape: slm_lab.measure's measure_in_process() and format_table()
+    # compute the same medians, tokens/s and ratios inline, from their own row format.
     rows = {}
     for name, m in measurements.items():
         rows[name] = {"size_mb": m["file_bytes"] / 1e6,

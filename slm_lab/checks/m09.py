@@ -1,10 +1,11 @@
 """Checks for lab 09 — attention kernels: merging softmax statistics, tiled attention, the Triton kernel.
 
-Each check compares with float64 softmax attention on fresh random inputs and names the classic
-FlashAttention mistakes in one line: an accumulator (or sum) not rescaled when the max grows, the max
-not subtracted (overflow for large scores), the causal mask off by one, the wrong final
-normalisation, a log-sum-exp in the wrong base — and, for tiled attention, the full N×N score matrix
-held in memory after all.
+Each check compares with the package's float64 softmax attention (`slm_lab.kernels`: naive_attention,
+attention_scores for the log-sum-exp, softmax_stats and merge_softmax_stats) on fresh random inputs and
+names the classic FlashAttention mistakes in one line: an accumulator (or sum) not rescaled when the
+max grows, the max not subtracted (overflow for large scores), the causal mask off by one, the wrong
+final normalisation, a log-sum-exp in the wrong base — and, for tiled attention, the full N×N score
+matrix held in memory after all.
 """
 from __future__ import annotations
 
@@ -14,39 +15,21 @@ import warnings
 
 import torch
 
+from .. import kernels as package
 from . import call, expect_tensor, fail, passed
 
 
-# ------------------------------------------------------------------ references ----
-def ref_attention(q, k, v, causal=False):
-    """float64 softmax attention and its natural log-sum-exp: (out (B, H, N, dv), lse (B, H, N))."""
-    s = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    if causal:
-        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(), float("-inf"))
-    return torch.softmax(s, dim=-1) @ v.double(), torch.logsumexp(s, dim=-1)
+# ------------------------------------------------------- references and mistakes ----
+def _reference(q, k, v, causal=False):
+    """The package's attention in float64 and its natural log-sum-exp: (out (B, H, N, dv), lse (B, H, N))."""
+    q, k, v = (t.double() for t in (q, k, v))
+    return package.naive_attention(q, k, v, causal=causal), package.attention_scores(q, k, causal).logsumexp(-1)
 
 
-def ref_stats(s, v):
-    """(m, l, acc) of one block of scores s (..., bq, bk) with values v (..., bk, dv), float64."""
-    s, v = s.double(), v.double()
-    m = s.amax(dim=-1)
-    p = torch.exp(s - m.masked_fill(torch.isinf(m), 0.0)[..., None])
-    return m, p.sum(dim=-1), p @ v
-
-
-def ref_merge(m1, l1, acc1, m2, l2, acc2):
-    m = torch.maximum(m1, m2)
-    safe = m.masked_fill(torch.isinf(m), 0.0)
-    a1, a2 = torch.exp(m1 - safe), torch.exp(m2 - safe)
-    return m, a1 * l1 + a2 * l2, a1[..., None] * acc1 + a2[..., None] * acc2
-
-
-def _tiled_variant(q, k, v, causal, bq, bk, rescale_acc=True, rescale_l=True):
-    """Tiled attention with a rescale left out on purpose — what a mistaken kernel computes."""
+def _mistake_tiled(q, k, v, causal, bq, bk, rescale_acc=True, rescale_l=True):
+    """Tiled attention with a rescale left out on purpose — what a mistaken kernel computes (float64)."""
     B, H, N, d = q.shape
-    s_all = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(d)
-    if causal:
-        s_all = s_all.masked_fill(~torch.ones(N, N, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    s_all = package.attention_scores(q.double(), k.double(), causal)
     out = torch.empty(B, H, N, v.shape[-1], dtype=torch.float64, device=q.device)
     for q0 in range(0, N, bq):
         m = torch.full((B, H, min(bq, N - q0)), float("-inf"), dtype=torch.float64, device=q.device)
@@ -88,19 +71,21 @@ def check_merge(merge_softmax_stats) -> None:
         s = torch.randn(3, 6, 20, generator=g) * scale
         s[..., 10:] += shift                                         # block 2 has the larger max
         v = torch.randn(3, 20, 5, generator=g)
-        b1, b2 = ref_stats(s[..., :10], v[:, :10]), ref_stats(s[..., 10:], v[:, 10:])
+        b1 = package.softmax_stats(s[..., :10].double(), v[:, :10].double())
+        b2 = package.softmax_stats(s[..., 10:].double(), v[:, 10:].double())
         return s, v, tuple(t.float() for t in b1), tuple(t.float() for t in b2)   # float32, like a kernel
 
     s, v, b1, b2 = blocks(shift=2.0)
+    ref_m, ref_l, ref_acc = package.merge_softmax_stats(*(t.double() for t in (*b1, *b2)))
+    full = torch.softmax(s, dim=-1) @ v                               # attention over both blocks at once
+    _, _, big1, big2 = blocks(scale=60.0, shift=40.0)
     got = call(merge_softmax_stats, *b1, *b2, what=what)
     if not isinstance(got, (tuple, list)) or len(got) != 3:
         fail(f"{what} should return three tensors (m, l, acc), got {type(got).__name__}.")
     m, l, acc = got
-    ref_m, ref_l, ref_acc = ref_merge(*(t.double() for t in (*b1, *b2)))
     expect_tensor(m, what=f"{what}: m", shape=ref_m.shape)
     expect_tensor(l, what=f"{what}: l", shape=ref_l.shape)
     expect_tensor(acc, what=f"{what}: acc", shape=ref_acc.shape)
-    _, _, big1, big2 = blocks(scale=60.0, shift=40.0)
     big = call(merge_softmax_stats, *big1, *big2, what=what)
     if not all(torch.isfinite(t).all() for t in big[1:]):
         fail(f"{what}: NaN/inf for large scores (max ≈ 200, float32) — exp(m1) overflows; rescale with exp(m1 - m) "
@@ -118,7 +103,6 @@ def check_merge(merge_softmax_stats) -> None:
                  "acc = exp(m1 - m)·acc1 + exp(m2 - m)·acc2 (each row scaled: [..., None]).")
         fail(f"{what}: acc is off by up to {_err(acc, ref_acc):.3g}; acc = exp(m1 - m)·acc1 + exp(m2 - m)·acc2, "
              "each row scaled by its own factor ([..., None]).")
-    full = torch.softmax(s, dim=-1) @ v
     if not _close(acc / l[..., None], full, 1e-5):
         fail(f"{what}: acc / l does not equal softmax(scores) @ v over both blocks.")
     masked = (torch.full_like(b2[0], float("-inf")), torch.zeros_like(b2[1]), torch.zeros_like(b2[2]))
@@ -136,7 +120,11 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
               atol: float = 1e-4) -> None:
     """Run attend(q, k, v, causal, block_q, block_k) → (out, lse) through the probes, first problem wins."""
     q, k, v = _qkv(device=device)
-    ref_out, ref_lse = ref_attention(q, k, v)
+    qb, kb, vb = _qkv(seed=1, scale=12.0, device=device)
+    ref_out, ref_lse = _reference(q, k, v)
+    ref_b, _ = _reference(qb, kb, vb)
+    ref_c, ref_lse_c = _reference(q, k, v, causal=True)
+    row_max = package.attention_scores(q.double(), k.double()).amax(-1)
 
     def run(q, k, v, causal, bq, bk, label=""):
         got = call(attend, q, k, v, causal, bq, bk, what=what)
@@ -165,11 +153,11 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
     if torch.isnan(out).any():
         fail(f"{what}: NaN with several key tiles (block_q={bq}, block_k={bk}) — check the tile bounds of the last, shorter tile.")
     if not _close(out, ref_out, atol):
-        if _close(out, _tiled_variant(q, k, v, False, bq, bk, rescale_acc=False), atol):
+        if _close(out, _mistake_tiled(q, k, v, False, bq, bk, rescale_acc=False), atol):
             fail(f"{what}: the accumulator is not rescaled — when the running max grows from m to m_new, "
                  "multiply acc (not only l) by exp(m - m_new) before adding p @ v.")
-        if _close(out, _tiled_variant(q, k, v, False, bq, bk, rescale_l=False), atol) or \
-           _close(out, _tiled_variant(q, k, v, False, bq, bk, rescale_acc=False, rescale_l=False), atol):
+        if _close(out, _mistake_tiled(q, k, v, False, bq, bk, rescale_l=False), atol) or \
+           _close(out, _mistake_tiled(q, k, v, False, bq, bk, rescale_acc=False, rescale_l=False), atol):
             fail(f"{what}: the running sum l is not rescaled — when the max grows from m to m_new, "
                  "l = l·exp(m - m_new) + sum(p), and the same factor multiplies acc.")
         out_ones, _ = run(q, k, torch.ones_like(v), False, bq, bk)
@@ -179,18 +167,16 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
         fail(f"{what}: values are off by up to {_err(out, ref_out):.3g} with block_q={bq}, block_k={bk} "
              "(correct with one tile: check how tiles are sliced and combined).")
     # 3. large scores: exp overflows unless the running max is subtracted
-    qb, kb, vb = _qkv(seed=1, scale=12.0, device=device)
     outb, _ = run(qb, kb, vb, False, bq, bk, " (large inputs)")
     if not torch.isfinite(outb).all():
         fail(f"{what}: NaN/inf for large inputs (scores up to ~1000) — exp overflows; subtract the running "
              "max before exp: p = exp(s - m_new).")
-    ref_b, _ = ref_attention(qb, kb, vb)
     if not _close(outb, ref_b, 10 * atol):
         fail(f"{what} (large inputs): values are off by up to {_err(outb, ref_b):.3g}.")
     if not _close(lse, ref_lse, atol):
         if _close(lse * math.log(2), ref_lse, atol):
             fail(f"{what}: lse is in base 2 — multiply by ln 2 to get the natural log-sum-exp.")
-        if _close(lse + _row_max(q, k).to(lse.device), ref_lse, atol):
+        if _close(lse + row_max.to(lse.device), ref_lse, atol):
             fail(f"{what}: lse misses the max — the log-sum-exp is m + log(l), not log(l).")
         fail(f"{what}: lse is off by up to {_err(lse, ref_lse):.3g}; lse = m + log(l) in natural log.")
     # 4. causal: the diagonal, the next token, tiles after the diagonal
@@ -207,17 +193,11 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
         if not _close(out2[:, :, : t + 1], outc[:, :, : t + 1], atol):
             fail(f"{what} (causal): the output at position {t} changed when only key {t + 1} changed — the mask "
                  "is off by one: query i may see keys j ≤ i, never j = i + 1.")
-    ref_c, ref_lse_c = ref_attention(q, k, v, causal=True)
     if not _close(outc, ref_c, atol):
         fail(f"{what} (causal): values are off by up to {_err(outc, ref_c):.3g} — mask scores with j > i to -inf "
              "in the tiles that cross the diagonal, and skip only tiles that lie entirely after it.")
     if not _close(lsec, ref_lse_c, atol):
         fail(f"{what} (causal): lse is off by up to {_err(lsec, ref_lse_c):.3g} — masked keys must not count in l.")
-
-
-def _row_max(q, k):
-    s = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    return s.amax(-1)
 
 
 # ------------------------------------------------------------- 09.tiled ----

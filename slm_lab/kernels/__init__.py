@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import importlib
 
-from .naive import attention_flops, causal_mask, check_qkv, naive_attention, scores_bytes
+from .naive import attention_flops, attention_scores, causal_mask, check_qkv, naive_attention, scores_bytes
 from .tiled import (flash_attention, merge_softmax_stats, softmax_stats, tile_schedule, tiled_attention,
                     tiled_attention_backward)
 
 _LAZY = {name: "triton_flash" for name in ("triton_attention", "launch", "attn_fwd_kernel", "triton_available",
                                             "interpreting")}
 
-__all__ = ["naive_attention", "tiled_attention", "tiled_attention_backward", "flash_attention",
-           "softmax_stats", "merge_softmax_stats", "tile_schedule", "causal_mask", "check_qkv",
+__all__ = ["naive_attention", "attention_scores", "tiled_attention", "tiled_attention_backward",
+           "flash_attention", "softmax_stats", "merge_softmax_stats", "tile_schedule", "causal_mask", "check_qkv",
            "attention_flops", "scores_bytes", *_LAZY]
 
 

@@ -14,7 +14,8 @@ import torch
 
 from ..errors import SLMLabError
 
-__all__ = ["naive_attention", "check_qkv", "causal_mask", "attention_flops", "scores_bytes"]
+__all__ = ["naive_attention", "attention_scores", "check_qkv", "causal_mask", "attention_flops",
+           "scores_bytes"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -47,19 +48,30 @@ def causal_mask(n_q: int, n_k: int, device=None) -> torch.Tensor:
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()
 
 
+def attention_scores(q: torch.Tensor, k: torch.Tensor, causal: bool = False,
+                     scale: float | None = None) -> torch.Tensor:
+    """The scores q kᵀ · scale (default 1/√d) of q (B, H, N, d) and k (B, H, S, d) → (B, H, N, S); with
+    `causal`, keys after their query are -inf. float32 (float64 for float64 inputs). Its logsumexp over
+    the keys is the `lse` that the tiled kernels return."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * scale       # (B, H, N, S): the N² tensor
+    if causal:
+        scores.masked_fill_(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    return scores
+
+
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                     scale: float | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v with the whole (B, H, N, S) score matrix in memory.
 
     q (B, H, N, d), k (B, H, S, d), v (B, H, S, dv) → (B, H, N, dv), same dtype as q.
-    Softmax runs in float32 (torch.softmax subtracts the row max, so large scores do not overflow).
+    Softmax runs in float32, or float64 for float64 inputs (torch.softmax subtracts the row max, so
+    large scores do not overflow).
     """
     check_qkv(q, k, v, "naive_attention")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale            # (B, H, N, S): the N² tensor
-    if causal:
-        scores.masked_fill_(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
-    return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
+    scores = attention_scores(q, k, causal, scale)
+    return (torch.softmax(scores, dim=-1) @ v.to(scores.dtype)).to(q.dtype)
 
 
 def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool = False) -> float:
