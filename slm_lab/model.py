@@ -23,6 +23,12 @@ FAMILIES = ("gpt2", "llama")
 KVCache = list  # one (k, v) pair per layer, each (B, K, S, hd)
 
 
+def default_d_ff(family: str, d_model: int) -> int:
+    """MLP width when a config names none: 4·D for GPT-2's two matrices; for SwiGLU's three, 8/3·D
+    (the same parameters as 4·D with two) rounded up to a multiple of 32."""
+    return 4 * d_model if family == "gpt2" else 32 * math.ceil(8 * d_model / 3 / 32)
+
+
 @dataclass
 class SLMConfig:
     family: str = "llama"
@@ -33,7 +39,7 @@ class SLMConfig:
     n_kv_head: int | None = None   # < n_head: grouped-query attention (Llama family)
     d_model: int = 128
     head_dim: int | None = None    # default d_model // n_head; smaller when heads were pruned (slm_lab.prune)
-    d_ff: int | None = None        # MLP width; default 4·D (GPT-2) or ≈ 8/3·D rounded to 32 (SwiGLU)
+    d_ff: int | None = None        # MLP width; default: default_d_ff(family, d_model)
     dropout: float = 0.0
     bias: bool | None = None       # default True for GPT-2, False for Llama
     tie_weights: bool = True       # share the token embedding with the output head
@@ -62,7 +68,7 @@ class SLMConfig:
         if self.attn_impl not in ("sdpa", "explicit"):
             raise SLMLabError(f"attn_impl={self.attn_impl!r} is unknown; use 'sdpa' or 'explicit'.")
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.family == "gpt2" else 32 * math.ceil(8 * self.d_model / 3 / 32)
+            self.d_ff = default_d_ff(self.family, self.d_model)
         if self.bias is None:
             self.bias = self.family == "gpt2"
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "head_dim", "d_ff"):
@@ -294,11 +300,15 @@ class SLM(nn.Module):
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  use_cache: bool = True) -> torch.Tensor:
         """Extend idx (B, T) by max_new_tokens sampled tokens → (B, T + max_new_tokens). temperature 0 is greedy."""
+        if max_new_tokens < 0:
+            raise SLMLabError(f"max_new_tokens={max_new_tokens} must be ≥ 0.")
         was_training = self.training
         self.eval()
+        home, dev = idx.device, self.tok_emb.weight.device
+        idx = idx.to(dev)                                           # prompts may come from the CPU
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=idx.device).manual_seed(seed)
+            gen = torch.Generator(device=dev).manual_seed(seed)
         cache, n_cached = None, 0
         for _ in range(max_new_tokens):
             if use_cache and cache is not None and idx.shape[1] <= self.cfg.block_size:
@@ -311,7 +321,14 @@ class SLM(nn.Module):
             if idx.shape[1] > self.cfg.block_size:
                 cache = None     # past the longest context: recompute over a sliding window
         self.train(was_training)
-        return idx
+        return idx.to(home)
+
+
+def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (..., V) and set the others to -inf (a new tensor);
+    k ≥ V keeps every token."""
+    kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -321,12 +338,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         raise SLMLabError(f"temperature={temperature} must be ≥ 0 (0 means greedy).")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise SLMLabError(f"top_p={top_p} must be in (0, 1].")
+    if top_k is not None and top_k < 1:
+        raise SLMLabError(f"top_k={top_k} must be at least 1 (or None to keep every token).")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_k is not None:
+        logits = top_k_logits(logits, top_k)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)

@@ -40,22 +40,54 @@ def pick(smoke: T, full: T) -> T:
 
 def device(override: str | None = None) -> torch.device:
     """The compute device: `override`, else `SLM_LAB_DEVICE`, else cuda → mps → cpu."""
-    name = override or os.environ.get("SLM_LAB_DEVICE")
+    name = override or os.environ.get("SLM_LAB_DEVICE", "").strip()
+    where = f"device {name!r}" if override else f"SLM_LAB_DEVICE={name!r}"
     if name:
         try:
             dev = torch.device(name)
-        except RuntimeError as exc:
-            raise SLMLabError(f"device {name!r} is not a torch device name; use 'cpu', 'cuda' or 'mps'.") from exc
+        except RuntimeError:
+            raise SLMLabError(f"{where} is not a device name; use 'cpu', 'cuda' or 'mps' "
+                              "(or unset SLM_LAB_DEVICE to choose automatically).") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SLMLabError(f"device {name!r} was asked for but CUDA is not available here; use 'cpu'.")
+            raise SLMLabError(f"{where} was asked for but CUDA is not available here; use 'cpu'.")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SLMLabError(f"{where} was asked for but there are {torch.cuda.device_count()} GPU(s); use 'cuda:0'.")
         if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise SLMLabError(f"device {name!r} was asked for but MPS is not available here; use 'cpu'.")
+            raise SLMLabError(f"{where} was asked for but MPS is not available here; use 'cpu'.")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise SLMLabError(f"{where} is not supported by the course; use 'cpu', 'cuda' or 'mps'.")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolve_device(choice: str | torch.device | None = None) -> torch.device:
+    """A device argument: the one given (validated), or the course device when None."""
+    if isinstance(choice, torch.device):
+        return choice
+    return device(choice)
+
+
+def autocast_dtype(dev: torch.device) -> torch.dtype | None:
+    """bf16 where the device computes it natively (CUDA GPUs from Ampere on); None: stay in fp32.
+
+    On the CPU bf16 autocast is slower than fp32 for models this small and changes the numbers the
+    notebooks quote, so the CPU trains in fp32.
+    """
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return None
+
+
+def autocast(dev: torch.device):
+    """A context that runs the forward pass in bf16 where `autocast_dtype` says so, else does nothing."""
+    import contextlib
+
+    dtype = autocast_dtype(dev)
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def seed_everything(seed: int = 1337) -> torch.Generator:
@@ -68,7 +100,15 @@ def seed_everything(seed: int = 1337) -> torch.Generator:
 
 def set_threads(n: int | None = None) -> int:
     """Use `n` CPU threads for torch (default: `SLM_LAB_THREADS`, else all cores); return the count."""
-    n = n or int(os.environ.get("SLM_LAB_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    if n is None:
+        raw = os.environ.get("SLM_LAB_THREADS", "").strip()
+        try:
+            n = int(raw) if raw else 0
+        except ValueError:
+            raise SLMLabError(f"SLM_LAB_THREADS={raw!r} is not a whole number; set it to e.g. 2, or unset it.") from None
+        n = n or (os.cpu_count() or 1)
+    if n < 1:
+        raise SLMLabError(f"threads={n} must be at least 1 (the machine has {os.cpu_count()} CPUs).")
     torch.set_num_threads(n)
     return n
 

@@ -1,25 +1,34 @@
 """Training: AdamW, warmup + cosine, clipping, accumulation, validation, checkpoints, resume — and presets.
 
-Batches are a pure function of (seed, step): a run resumed from a checkpoint draws exactly the
-batches the uninterrupted run would have drawn, so the two loss curves coincide.
+With `out_dir`, a run writes a checkpoint every `save_interval` steps and at the end (model, optimizer,
+step, RNG and history; each file atomically), and on Ctrl-C it finishes the step, saves, and says how to
+resume. `train(..., resume=True)` continues from the last checkpoint mid-run: batches are a pure function
+of (seed, step) (`data.step_generator`) and the schedule of the step, so the resumed loss curve equals
+the uninterrupted one bit for bit (tests/test_train.py interrupts a run to show it).
 """
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from .checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
-from .data import encode_corpus, get_batch, load_corpus, train_val_split
+from .data import encode_corpus, get_batch, load_corpus, step_generator, train_val_split
 from .errors import SLMLabError
 from .evaluate import fixed_batches, mean_loss
 from .model import SLM, SLMConfig
-from .settings import cache_dir, pick, profile
+from .settings import autocast, cache_dir, pick, profile, resolve_device
 from .tokenizer import CharTokenizer
+
+# TrainConfig fields that change how a run is saved, not what it computes: a cached model or a
+# resumed run may differ in these.
+RUN_ONLY_FIELDS = ("save_interval",)
 
 
 @dataclass
@@ -39,12 +48,22 @@ class TrainConfig:
     eval_batches: int = 20
     eval_batch_size: int = 32
     seed: int = 1337
+    save_interval: int = 250            # with out_dir: a checkpoint every this many steps (0: only at the end)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise SLMLabError(f"{name}={getattr(self, name)} must be a positive integer.")
+        if self.save_interval < 0:
+            raise SLMLabError(f"save_interval={self.save_interval} must be ≥ 0 (0 saves only at the end).")
+
+
+def recipe(cfg: TrainConfig) -> dict:
+    """The fields of a config that decide what a run computes, as plain JSON values."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+    d["betas"] = list(d["betas"])
+    return d
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -89,81 +108,145 @@ class History:
         return self.tokens_per_step * len(self.steps) / max(1e-9, self.train_time[-1]) if self.steps else 0.0
 
 
-def _batch_generator(cfg: TrainConfig, step: int, micro: int) -> torch.Generator:
-    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 131 + micro)
+class _DeferredInterrupt:
+    """Ctrl-C during a step lets the step finish, so what is saved is a consistent state.
+
+    A second Ctrl-C interrupts at once. Only the main thread can own a signal handler; elsewhere
+    (a worker thread) Ctrl-C behaves as usual.
+    """
+
+    def __enter__(self) -> "_DeferredInterrupt":
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _trainer_state(optimizer, step: int, history: History, cfg: TrainConfig) -> dict:
+    state = {"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state(),
+             "history": history.to_dict(), "train_config": asdict(cfg)}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _resume(out_dir, model: SLM, optimizer, cfg: TrainConfig) -> tuple[History, int]:
+    """Load model, optimizer, RNG and history from out_dir's last checkpoint; return (history, next step)."""
+    if out_dir is None:
+        raise SLMLabError("resume=True needs out_dir, the checkpoint directory to continue from.")
+    state = load_trainer_state(out_dir)
+    saved = {k: v for k, v in state["train_config"].items() if k not in RUN_ONLY_FIELDS}
+    saved["betas"] = list(saved["betas"])
+    differ = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in recipe(cfg).items() if saved.get(k) != v]
+    if differ:
+        raise SLMLabError(f"{out_dir} was trained with {', '.join(differ[:3])}; resume with the same "
+                          "settings, or start a fresh run in another directory.")
+    model.load_state_dict(load_checkpoint(out_dir).model.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return History(**state["history"]), int(state["step"])
 
 
 def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig, *,
           out_dir: str | Path | None = None, resume: bool = False, tokenizer=None, meta: dict | None = None,
           progress: bool = True, callback: Callable[[History], None] | None = None,
           val_batches: list | None = None,
-          loss_fn: Callable[[SLM, torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None = None) -> History:
-    """Train `model` in place on token tensors; validate every cfg.eval_interval steps; save to out_dir at the end.
+          loss_fn: Callable[[SLM, torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None = None,
+          device: str | torch.device | None = None) -> History:
+    """Train `model` in place on token tensors; validate every cfg.eval_interval steps; checkpoint to out_dir.
 
+    train_data, val_data: 1-D int64 token tensors. The model is moved to `device` (default: the course
+    device, `settings.device()`) and stays there; on a GPU with bf16 the forward pass runs under autocast.
     val_batches: fixed (x, y) pairs to validate on (default: cfg.eval_batches blocks drawn from val_data).
     loss_fn(model, x, y, step, micro): the loss of one micro-batch x, y (B, T) to minimise (default: the
     model's cross-entropy; slm_lab.distill passes the distillation loss). Validation always uses cross-entropy.
+    resume: continue from out_dir's last checkpoint (same config), mid-run or finished.
     """
-    device = next(model.parameters()).device
+    device = resolve_device(device)
+    model.to(device)
     block = cfg.block_size or model.cfg.block_size
     optimizer = make_optimizer(model, cfg)
     history, start = History(tokens_per_step=cfg.batch_size * cfg.grad_accum * block), 0
     if resume:
-        if out_dir is None:
-            raise SLMLabError("resume=True needs out_dir, the checkpoint directory to continue from.")
-        state = load_trainer_state(out_dir)
-        model.load_state_dict(load_checkpoint(out_dir).model.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history, start = History(**state["history"]), state["step"]
+        history, start = _resume(out_dir, model, optimizer, cfg)
     if val_batches is None:
         val_batches = fixed_batches(val_data, block, cfg.eval_batch_size, cfg.eval_batches, seed=cfg.seed)
+
+    def save(done: int) -> None:
+        if out_dir is None:
+            return
+        final = {"val_loss": history.val_loss[-1] if history.val_loss else None, "steps": done,
+                 "complete": done >= cfg.max_steps}
+        save_checkpoint(out_dir, model, tokenizer, {**(meta or {}), **final, "train_config": recipe(cfg)},
+                        _trainer_state(optimizer, done, history, cfg))
+
     elapsed = history.train_time[-1] if history.train_time else 0.0
     model.train()
-    bar = _progress(range(start, cfg.max_steps), progress, start, cfg.max_steps)
-    for step in bar:
-        t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch(train_data, cfg.batch_size, block, _batch_generator(cfg, step, micro), device)
-            loss = (loss_fn(model, x, y, step, micro) if loss_fn else model(x, y).loss) / cfg.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-        if not math.isfinite(loss_sum):
-            raise SLMLabError(f"the loss became {loss_sum} at step {step}; lower the learning rate (now {lr:.2e}).")
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed += time.perf_counter() - t0
-        history.steps.append(step)
-        history.train_loss.append(loss_sum)
-        history.lr.append(lr)
-        history.train_time.append(elapsed)
-        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_steps:
-            history.val_steps.append(step + 1)
-            history.val_loss.append(mean_loss(model, val_batches))
-            history.val_time.append(elapsed)
-            if callback:
-                callback(history)
-        if hasattr(bar, "set_postfix") and (step % 10 == 0 or step + 1 == cfg.max_steps):
-            post = {"loss": f"{loss_sum:.3f}"}
-            if history.val_loss:
-                post["val"] = f"{history.val_loss[-1]:.3f}"
-            bar.set_postfix(post)
-    if out_dir is not None:
-        trainer_state = {"optimizer": optimizer.state_dict(), "step": cfg.max_steps,
-                         "rng": torch.get_rng_state(), "history": history.to_dict(), "train_config": asdict(cfg)}
-        final = {"val_loss": history.val_loss[-1] if history.val_loss else None, "steps": cfg.max_steps}
-        save_checkpoint(out_dir, model, tokenizer, {**(meta or {}), **final, "train_config": asdict(cfg)},
-                        trainer_state)
+    bar = progress_bar(range(start, cfg.max_steps), progress, start, cfg.max_steps)
+    with _DeferredInterrupt() as interrupt:
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(train_data, cfg.batch_size, block, step_generator(cfg.seed, step, micro), device)
+                with autocast(device):
+                    loss = (loss_fn(model, x, y, step, micro) if loss_fn else model(x, y).loss) / cfg.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+            if not math.isfinite(loss_sum):
+                raise SLMLabError(f"the loss became {loss_sum} at step {step}; lower the learning rate (now {lr:.2e}).")
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed += time.perf_counter() - t0
+            history.steps.append(step)
+            history.train_loss.append(loss_sum)
+            history.lr.append(lr)
+            history.train_time.append(elapsed)
+            done = step + 1
+            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+                history.val_steps.append(done)
+                history.val_loss.append(mean_loss(model, val_batches))
+                history.val_time.append(elapsed)
+                if callback:
+                    callback(history)
+            if hasattr(bar, "set_postfix") and (step % 10 == 0 or done == cfg.max_steps):
+                post = {"loss": f"{loss_sum:.3f}"}
+                if history.val_loss:
+                    post["val"] = f"{history.val_loss[-1]:.3f}"
+                bar.set_postfix(post)
+            if interrupt.requested:
+                if hasattr(bar, "close"):
+                    bar.close()
+                save(done)
+                where = (f"saved to {out_dir}; resume with `slm-lab train --out {out_dir} --resume` or "
+                         "train(..., resume=True)") if out_dir is not None else "nothing saved (no out_dir)"
+                print(f"[slm_lab] training interrupted after step {done} of {cfg.max_steps}: {where}.")
+                raise KeyboardInterrupt
+            if cfg.save_interval and done % cfg.save_interval == 0 and done < cfg.max_steps:
+                save(done)
+    if out_dir is not None and (start < cfg.max_steps or not resume):
+        save(cfg.max_steps)
     return history
 
 
-def _progress(steps, show: bool, start: int, total: int):
+def progress_bar(steps: Iterable[int], show: bool, start: int, total: int):
+    """A tqdm bar over steps (notebook or terminal style), or the plain iterable when show is False."""
     if not show:
         return steps
     from tqdm.auto import tqdm
@@ -225,23 +308,34 @@ def prepare_char_data(corpus: str = "shakespeare", val_fraction: float = 0.1):
 def smoke_sized(cfg: TrainConfig) -> TrainConfig:
     """The same recipe cut to a few steps for the smoke profile (tests)."""
     return TrainConfig(**{**asdict(cfg), "max_steps": 20, "warmup_steps": 5, "eval_interval": 10,
-                          "eval_batches": 2, "batch_size": min(cfg.batch_size, 8)})
+                          "eval_batches": 2, "batch_size": min(cfg.batch_size, 8), "save_interval": 0})
+
+
+def preset_train_config(name: str, **overrides) -> TrainConfig:
+    """A preset's recipe for the active profile; explicit overrides win over the smoke profile's cuts."""
+    preset = get_preset(name)
+    cfg = pick(smoke=smoke_sized(preset.train), full=preset.train)
+    return TrainConfig(**{**asdict(cfg), **overrides})
 
 
 def train_preset(name: str, out_dir: str | Path | None = None, corpus: str = "shakespeare",
-                 progress: bool = True, callback=None, device: str | torch.device = "cpu", **overrides):
-    """Build a preset's model, train it on a character corpus, save it; returns (model, tokenizer, history)."""
+                 progress: bool = True, callback=None, device: str | torch.device | None = None,
+                 resume: bool = False, **overrides):
+    """Build a preset's model, train it on a character corpus, save it; returns (model, tokenizer, history).
+
+    overrides: TrainConfig fields (e.g. max_steps=300), applied after the profile's sizing.
+    resume: continue the run checkpointed in out_dir.
+    """
     from .settings import seed_everything
 
     preset = get_preset(name)
-    tcfg = TrainConfig(**{**asdict(preset.train), **overrides})
-    tcfg = pick(smoke=smoke_sized(tcfg), full=tcfg)
+    tcfg = preset_train_config(name, **overrides)
     tok, train_ids, val_ids = prepare_char_data(corpus)
     seed_everything(tcfg.seed)
-    model = SLM(preset.model_config(tok.vocab_size)).to(device)
+    model = SLM(preset.model_config(tok.vocab_size))
     meta = {"preset": name, "corpus": corpus, "profile": profile()}
     history = train(model, train_ids, val_ids, tcfg, out_dir=out_dir, tokenizer=tok, meta=meta,
-                    progress=progress, callback=callback)
+                    progress=progress, callback=callback, device=device, resume=resume)
     return model, tok, history
 
 
@@ -253,17 +347,20 @@ def pretrained_path(name: str = "small", corpus: str = "shakespeare") -> Path:
 def pretrained(name: str = "small", corpus: str = "shakespeare", progress: bool = True, retrain: bool = False):
     """The course's trained model for a preset: loaded from the cache, or trained once and cached there.
 
-    Smoke and full runs are cached apart, so a test run never replaces the real lesson's model.
+    Smoke and full runs are cached apart, so a test run never replaces the real lesson's model. A cache
+    written by an older recipe is trained again; a run of this recipe that was interrupted is resumed.
     """
     path = pretrained_path(name, corpus)
+    resume = False
     if not retrain and (path / "model.safetensors").is_file():
         ckpt = load_checkpoint(path)
-        # A cache written by an older recipe of this preset is stale: train again.
         preset = get_preset(name)
         expected = preset.model_config(ckpt.model.cfg.vocab_size).to_dict()
-        recipe = asdict(pick(smoke=smoke_sized(preset.train), full=preset.train))
-        recipe["betas"] = list(recipe["betas"])
-        if ckpt.model.cfg.to_dict() == expected and ckpt.meta.get("train_config") == recipe:
-            return ckpt
-    train_preset(name, out_dir=path, corpus=corpus, progress=progress)
+        want = recipe(preset_train_config(name))
+        saved = {k: v for k, v in (ckpt.meta.get("train_config") or {}).items() if k not in RUN_ONLY_FIELDS}
+        if ckpt.model.cfg.to_dict() == expected and saved == want:
+            if ckpt.meta.get("steps") == want["max_steps"]:
+                return ckpt
+            resume = (path / "trainer_state.pt").is_file()
+    train_preset(name, out_dir=path, corpus=corpus, progress=progress, resume=resume)
     return load_checkpoint(path)

