@@ -79,7 +79,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     for name, mask in masks.items():
         if name not in params or params[name].shape != mask.shape:
             raise SLMLabError(f"mask {name!r} does not fit this model; compute the masks from the model you prune.")
-        params[name].mul_(mask)
+        params[name].mul_(mask.to(params[name].device))
 
 
 def sparsity(model: nn.Module) -> float:
@@ -111,7 +111,8 @@ def keep_masks(model: nn.Module, masks: dict[str, torch.Tensor],
     """
     apply_masks(model, masks)
     params = dict(model.named_parameters())
-    handles = [params[name].register_hook(lambda g, m=mask: g * m) for name, mask in masks.items()]
+    # m.to(g.device): train() may move the model to the GPU after the masks were made on the CPU.
+    handles = [params[name].register_hook(lambda g, m=mask: g * m.to(g.device)) for name, mask in masks.items()]
     if optimizer is not None:
         handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: apply_masks(model, masks)))
     return MaskKeeper(handles)
