@@ -66,3 +66,11 @@ def test_readme_links_and_badges_point_at_files_that_exist():
     assert not missing, f"README links to missing files: {missing}"
     for path in LECTURES + LABS:
         assert badge_markdown(rel(path)) in readme, f"README has no Colab badge for {rel(path)}"
+
+
+@pytest.mark.parametrize("path", LECTURES + SOLUTIONS, ids=rel)
+def test_stored_outputs_come_from_the_package_as_it_is(path):
+    from slm_lab.course.provenance import staleness
+
+    reason = staleness(nbformat.read(path, as_version=4))
+    assert reason is None, f"{rel(path)} is stale: {reason}; re-execute it with `slm-lab execute {rel(path)}`"

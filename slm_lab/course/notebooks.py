@@ -90,8 +90,11 @@ def from_percent(text: str, relpath: str | Path, extras: str = ""):
 
 
 def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> None:
-    """Run a notebook top to bottom in its own directory with SLM_LAB_PROFILE=profile; save it with outputs."""
+    """Run a notebook top to bottom in its own directory with SLM_LAB_PROFILE=profile; save it with outputs
+    and a provenance stamp (the profile and a hash of the slm_lab code it ran, see `provenance`)."""
     from nbclient import NotebookClient
+
+    from .provenance import stamp
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
@@ -105,6 +108,7 @@ def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> Non
             os.environ.pop("SLM_LAB_PROFILE", None)
         else:
             os.environ["SLM_LAB_PROFILE"] = old
+    stamp(nb, profile)
     write(nb, path)
 
 
