@@ -1,0 +1,267 @@
+"""Every number a student reads has a source: find the numbers in prose and the numbers they may come from.
+
+`numbers_in_prose(markdown)` returns the figures a reader takes as facts (code, formulas, links, model
+names such as "GPT-2" or "int8", module numbers and small counts are left out). `numbers_in_text(text)`
+returns every number in a source: stored outputs, code, results files. A prose figure is *backed* when
+some source value rounds to it at the precision it is written with ("2.3×" is backed by 2.28, "228" is
+not backed by 230), after its suffix (K, M, B, T, %, GB…) is applied. `tests/test_claims.py` applies
+this to notebooks, slides and the README; `LITERATURE` lists the constants from the source material,
+each with where it comes from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# A number: 1,234,567.89 | 1234.5 | .5 | 3e-3, then an optional scale suffix.
+_NUM = r"(?<![\w.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)"
+_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+NUMBER = re.compile(_NUM + r"(?:\s?(k|K|M|B|G|T)(?![a-zA-Z]))?(\s?%)?")
+# Words after which a number names a thing rather than states a fact.
+_NAMING = re.compile(r"(?:module|modules|lab|labs|notebook|notebooks|deck|section|step|chapter|part|cell|"
+                     r"figure|table|row|column|item|question|task|exercise|issue|Python|version|v)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class Figure:
+    text: str          # as written, e.g. "2.3×" or "814,720"
+    value: float       # with its scale applied
+    tolerance: float   # half a unit in the last written digit, scaled
+    percent: bool
+    context: str       # the words around it, for the failure message
+
+
+def _strip_markup(md: str) -> str:
+    md = re.sub(r"```.*?```", " ", md, flags=re.S)                 # code blocks
+    md = re.sub(r"`[^`\n]*`", " ", md)                             # inline code
+    md = re.sub(r"\$\$.*?\$\$", " ", md, flags=re.S)               # display math
+    md = re.sub(r"(?<!\\)\$[^$\n]+\$", " ", md)                    # inline math
+    md = re.sub(r"\]\([^)]*\)", "]", md)                           # link targets
+    md = re.sub(r"https?://\S+", " ", md)                          # bare URLs
+    md = re.sub(r"<[^>]+>", " ", md)                               # HTML tags
+    md = re.sub(r"^\s*(?:#+\s*)?\d+[.)]\s", " ", md, flags=re.M)   # list / heading numbers "1. "
+    md = re.sub(r"^\s*#+\s*\d+\b", " ", md, flags=re.M)            # "## 03 Title"
+    return md
+
+
+def _value(digits: str) -> float:
+    return float(digits.replace(",", ""))
+
+
+def _tolerance(digits: str) -> float:
+    d = digits.replace(",", "").lower()
+    if "e" in d:
+        mantissa, exp = d.split("e")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return 0.5 * 10 ** (int(exp) - decimals)
+    decimals = len(d.split(".")[1]) if "." in d else 0
+    return 0.5 * 10 ** -decimals
+
+
+def numbers_in_prose(markdown: str, min_integer: int = 12) -> list[Figure]:
+    """The figures in prose that claim something: integers above `min_integer`, decimals, scaled values."""
+    text = _strip_markup(markdown)
+    out = []
+    for m in NUMBER.finditer(text):
+        digits, suffix, pct = m.group(1), m.group(2) or "", bool(m.group(3))
+        before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
+        word = re.search(r"[\w.\-+]*$", before).group(0)
+        if re.search(r"[A-Za-z]", word):
+            continue                                               # part of a name: GPT-2, Llama-3-8B, int8, H100
+        if re.match(r"-[A-Za-z]", after) or re.match(r"[A-Za-z]", after) and not suffix:
+            if not re.match(r"(?:x|×|s\b|ms|min|h\b|GB|MB|KB|kB|MiB|GiB|B\b|M\b|tok|bit|px)", after):
+                continue                                           # 3rd, 2D, 4-bit… (a unit is kept)
+        if _NAMING.search(before) or _NAMING.search(re.sub(r"[\d.]+\s*[–-]\s*$", "", before)):
+            continue                                               # "module 04", "Python 3.10–3.13"
+        value = _value(digits) * _SCALE.get(suffix, 1.0)
+        is_plain_int = "." not in digits and "e" not in digits.lower() and not suffix and not pct
+        if is_plain_int and (value <= min_integer or (1900 <= value <= 2100 and "," not in digits)):
+            continue                                               # small counts and years
+        tol = _tolerance(digits) * _SCALE.get(suffix, 1.0)
+        context = re.sub(r"\s+", " ", (before[-30:] + "⟨" + m.group(0) + "⟩" + after[:30])).strip()
+        out.append(Figure(m.group(0), value, tol, bool(pct), context))
+    return out
+
+
+def numbers_in_text(text: str) -> list[float]:
+    """Every number in a source text (outputs, code, JSON), scaled where a suffix says so; signs dropped."""
+    out = []
+    for m in NUMBER.finditer(text.replace("_", "")):
+        digits, suffix = m.group(1), m.group(2) or ""
+        try:
+            out.append(_value(digits) * _SCALE.get(suffix, 1.0))
+        except ValueError:
+            continue
+    return out
+
+
+def numbers_in_json(obj) -> list[float]:
+    """Every number in a parsed JSON value (and in its strings)."""
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [abs(float(obj))] if math.isfinite(obj) else []
+    if isinstance(obj, str):
+        return numbers_in_text(obj)
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in numbers_in_json(x)] + [v for k in obj for v in numbers_in_text(str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [v for x in obj for v in numbers_in_json(x)]
+    return []
+
+
+class Sources:
+    """A pool of source values, sorted, for the rounding match."""
+
+    def __init__(self, values=()):
+        self.values = sorted({round(v, 12) for v in values if math.isfinite(v)})
+
+    def add(self, values) -> None:
+        self.values = sorted(set(self.values) | {round(v, 12) for v in values if math.isfinite(v)})
+
+    def _near(self, target: float, tol: float) -> bool:
+        import bisect
+
+        i = bisect.bisect_left(self.values, target - tol * (1 + 1e-9))
+        return i < len(self.values) and self.values[i] <= target + tol * (1 + 1e-9)
+
+    def backs(self, fig: Figure) -> bool:
+        """Does a source value round to the figure? Percents may be written from fractions and vice versa."""
+        candidates = [(fig.value, fig.tolerance)]
+        if fig.percent:
+            candidates.append((fig.value / 100, fig.tolerance / 100))
+        return any(self._near(v, t) for v, t in candidates)
+
+
+# ---------------------------------------------------------------- sources ----
+def _output_text(output) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    data = output.get("data", {})
+    return "\n".join(str(data[k]) for k in ("text/plain", "text/html", "text/markdown") if k in data)
+
+
+def notebook_sources(nb) -> list[float]:
+    """Numbers in a notebook's stored outputs and in its code (configs such as lr=3e-3 are sources too)."""
+    values: list[float] = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        values += numbers_in_text(cell.source)
+        for output in cell.get("outputs", []):
+            values += numbers_in_text(_output_text(output))
+    return values
+
+
+def notebook_prose(nb) -> str:
+    return "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def results_files_read(nb, root: Path) -> list[Path]:
+    """The benchmarks/results/*.json files a notebook's code names (it reads them, so it may quote them)."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return [p for p in sorted((root / "benchmarks" / "results").glob("*.json")) if p.stem in code or p.name in code]
+
+
+def results_sources(paths) -> list[float]:
+    values: list[float] = []
+    for path in paths:
+        values += numbers_in_json(json.loads(Path(path).read_text()))
+    return values
+
+
+# ------------------------------------------------------------- literature ----
+# Constants from the source material and the literature that prose may quote without a run. The model
+# registry and hardware table of slm_lab.sizing (each entry with its source) are added to these.
+LITERATURE: list[tuple[float, str]] = [
+    (992, "OPT-175B trained on 992 A100 80GB GPUs (Zhang et al., 2022, section 2)"),
+    (9e6, "~$9M of hardware for OPT-175B: 992 × ~$10k (course material)"),
+    (100e6, "GPT-4 cost more than $100 million to train (OpenAI's CEO, Wired, April 2023)"),
+    (1.76e12, "GPT-4 rumoured ~1.76T parameters (course material; not published)"),
+    (5e9, "many SLMs are under 5 GB on disk (course material)"),
+    (147e12, "OPT-175B reached 147 TFLOP/s per A100 (Zhang et al., 2022)"),
+    (3.14e23, "GPT-3 training compute, 3.14e23 FLOPs (Brown et al., 2020, Table D.1)"),
+    (300e9, "GPT-3 trained on 300B tokens (Brown et al., 2020)"),
+    (20, "Chinchilla: about 20 training tokens per parameter (Hoffmann et al., 2022)"),
+    (1.4e12, "Chinchilla 70B trained on 1.4T tokens (Hoffmann et al., 2022)"),
+    (70e9, "Chinchilla has 70B parameters (Hoffmann et al., 2022)"),
+    (1_115_394, "tiny-shakespeare's input.txt is 1,115,394 bytes (Karpathy's char-rnn)"),
+    (50257, "GPT-2's vocabulary has 50,257 tokens (Radford et al., 2019)"),
+]
+
+
+def literature_sources() -> list[float]:
+    from dataclasses import asdict
+
+    from ..sizing import HARDWARE, REGISTRY, claims
+
+    values = [v for v, _ in LITERATURE]
+    for card in REGISTRY.values() if isinstance(REGISTRY, dict) else REGISTRY:
+        values += numbers_in_json(asdict(card))
+    for hw in HARDWARE.values():
+        values += numbers_in_json(asdict(hw))
+    for c in claims():
+        values += numbers_in_json([c.claim, c.stated])
+    return values
+
+
+# ------------------------------------------------------------- documents ----
+@dataclass
+class Report:
+    document: str
+    figures: list[Figure]
+    unbacked: list[Figure]
+
+
+def _read(path: Path):
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
+
+
+def course_notebooks(root: Path) -> list[Path]:
+    return sorted((root / "notebooks").glob("*.ipynb")) + sorted((root / "solutions").glob("*.ipynb"))
+
+
+def check_notebook(path: Path, root: Path, literature: list[float] | None = None) -> Report:
+    """A notebook's prose against its own stored outputs and code, the results files it reads, the literature."""
+    nb = _read(path)
+    pool = Sources((literature if literature is not None else literature_sources()) + notebook_sources(nb)
+                   + results_sources(results_files_read(nb, root)))
+    figures = numbers_in_prose(notebook_prose(nb))
+    return Report(str(path.relative_to(root)), figures, [f for f in figures if not pool.backs(f)])
+
+
+def check_slides(path: Path, root: Path, literature: list[float] | None = None) -> Report:
+    """A deck against its module's lecture and lab (outputs and code), the results files, the literature."""
+    module = path.name[:2]
+    values = (literature if literature is not None else literature_sources()) + \
+        results_sources(sorted((root / "benchmarks" / "results").glob("*.json")))
+    for nb_path in course_notebooks(root):
+        if nb_path.name.startswith(module):
+            values += notebook_sources(_read(nb_path))
+    pool = Sources(values)
+    figures = numbers_in_prose(path.read_text(encoding="utf-8"))
+    return Report(str(path.relative_to(root)), figures, [f for f in figures if not pool.backs(f)])
+
+
+def check_readme(root: Path, literature: list[float] | None = None) -> Report:
+    """The README against every notebook, every results file and the literature."""
+    values = (literature if literature is not None else literature_sources()) + \
+        results_sources(sorted((root / "benchmarks" / "results").glob("*.json")))
+    for nb_path in course_notebooks(root):
+        values += notebook_sources(_read(nb_path))
+    pool = Sources(values)
+    figures = numbers_in_prose((root / "README.md").read_text(encoding="utf-8"))
+    return Report("README.md", figures, [f for f in figures if not pool.backs(f)])
+
+
+def check_course(root: Path) -> list[Report]:
+    """Every notebook, deck and the README (what tests/test_claims.py asserts, in one call)."""
+    lit = literature_sources()
+    decks = sorted((root / "slides").glob("[0-9][0-9]_*.md"))
+    return ([check_notebook(p, root, lit) for p in course_notebooks(root)]
+            + [check_slides(p, root, lit) for p in decks] + [check_readme(root, lit)])
