@@ -13,7 +13,7 @@ dtype, fp16 and bf16, N = 1k … 16k, d = 64 and 128, causal and not; 16k tokens
 Triton kernel at ≥ 70% of SDPA's throughput at N = 4096, d = 128, bf16. Saves attention_gpu.json.
 
     python benchmarks/attention.py                 # CPU table (+ GPU table when CUDA is present)
-    python benchmarks/attention.py --quick         # small N, nothing saved: check the script runs
+    python benchmarks/attention.py --quick         # small N: checks the script runs (JSON: see common.py)
     python benchmarks/attention.py --gpu-dry-run   # the GPU code path on CPU (interpreter, tiny sizes)
 """
 from __future__ import annotations
@@ -22,16 +22,14 @@ import argparse
 import json
 import platform
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import results_dir
 
 from slm_lab.kernels import attention_flops, naive_attention, tiled_attention
-from slm_lab.kernels.bench import (METHOD, cuda_median_ms, expected_bytes, log_log_slope, measure_peak_memory,
-                                   median_seconds)
+from slm_lab.kernels.bench import METHOD, cuda_median_ms, expected_bytes, log_log_slope, measure_peak_memory, median_seconds
 
-RESULTS = Path(__file__).parent / "results"
 MiB = 2 ** 20
 
 
@@ -158,7 +156,7 @@ def cpu_ms(fn, repeats):
 # ---------------------------------------------------------------------------- main ----
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small N, fewer repeats, nothing saved")
+    ap.add_argument("--quick", action="store_true", help="small N, fewer repeats, JSON outside benchmarks/results")
     ap.add_argument("--gpu-dry-run", action="store_true", help="run the GPU table's code on CPU, tiny sizes")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: stable timings on a shared machine; memory does not depend on it)")
@@ -180,30 +178,29 @@ def main(argv=None) -> int:
     print(f"CPU: d=64, heads={args.heads}, float32, {args.threads} threads; peak memory = {METHOD}", file=sys.stderr)
     table = cpu_table(ns, heads=args.heads, head_dim=64, block=128, threads=args.threads, repeats=repeats)
     print_cpu(table)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        out = {"benchmark": "attention_cpu", **env, "head_dim": 64, "heads": args.heads, "batch": 1,
-               "dtype": "float32", "tiled_block": 128, "repeats": repeats, "memory_method": METHOD, **table}
-        (RESULTS / "attention_cpu.json").write_text(json.dumps(out, indent=2))
-        print(f"saved {RESULTS / 'attention_cpu.json'}")
+    results = results_dir(args.quick)
+    out = {"benchmark": "attention_cpu", **env, "head_dim": 64, "heads": args.heads, "batch": 1,
+           "dtype": "float32", "tiled_block": 128, "repeats": repeats, "memory_method": METHOD, **table}
+    (results / "attention_cpu.json").write_text(json.dumps(out, indent=2))
+    print(f"saved {results / 'attention_cpu.json'}")
 
     if not torch.cuda.is_available():
         print("\nGPU: no CUDA device here — the GPU table (Triton vs SDPA flash vs naive) was not run.")
         return 0
     gns = [1024, 2048] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    gpu_repeats = 5 if args.quick else 20
     rows = gpu_table(gns, [64, 128], ["float16", "bfloat16"], [False, True], tokens=16384, hidden=2048,
                      timer=lambda fn, r: cuda_median_ms(fn, repeats=r, warmup=5), device="cuda",
-                     repeats=20 if not args.quick else 5)
+                     repeats=gpu_repeats)
     print_gpu(rows)
     verdict = gpu_verdict(rows)
     print(f"\nTriton / SDPA-flash at N=4096, d=128, bf16: {verdict['triton_over_sdpa_at_4096_d128_bf16']} "
           f"(target ≥ 0.7: {'MET' if verdict['target_0.7_met'] else 'MISSED'})")
-    if not args.quick:
-        out = {"benchmark": "attention_gpu", **env, "device": torch.cuda.get_device_name(),
-               "timing": "median of 20 CUDA-event-timed runs after 5 warm-up runs (autotuning happens in warm-up)",
-               "rows": rows, "verdict": verdict}
-        (RESULTS / "attention_gpu.json").write_text(json.dumps(out, indent=2))
-        print(f"saved {RESULTS / 'attention_gpu.json'}")
+    out = {"benchmark": "attention_gpu", **env, "device": torch.cuda.get_device_name(),
+           "timing": f"median of {gpu_repeats} CUDA-event-timed runs after 5 warm-up runs (autotuning happens in warm-up)",
+           "rows": rows, "verdict": verdict}
+    (results / "attention_gpu.json").write_text(json.dumps(out, indent=2))
+    print(f"saved {results / 'attention_gpu.json'}")
     return 0
 
 

@@ -9,7 +9,7 @@ laptop-class CPU at 1 thread: ORT int8 decode ≥ 2× PyTorch eager fp32 tokens/
 Saves benchmarks/results/deploy.json.
 
     flock /tmp/slm_heavy.lock python benchmarks/deploy.py            # the real table (full profile model)
-    python benchmarks/deploy.py --quick                                 # a tiny random model; nothing saved
+    python benchmarks/deploy.py --quick                                 # a tiny random model (JSON: see common.py)
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import results_dir
 
 from slm_lab import measure
 from slm_lab.checkpoint import load_checkpoint, save_checkpoint
@@ -30,10 +31,8 @@ from slm_lab.onnx_export import export_onnx
 from slm_lab.onnx_quantize import quantize_int4, quantize_int8
 from slm_lab.onnx_runtime import onnx_mean_loss
 
-RESULTS = Path(__file__).parent / "results"
 PROMPT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
           "Arise, fair sun, and kill the envious moon,\n")
-
 
 
 def quick_checkpoint(folder: Path) -> Path:
@@ -46,7 +45,7 @@ def quick_checkpoint(folder: Path) -> Path:
                                                           n_head=4, block_size=256)), tok)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint directory (default: the course's `small` model)")
     ap.add_argument("--threads", type=int, default=1)
@@ -54,10 +53,13 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=None, help="default: a quarter of the context, at most 64")
     ap.add_argument("--new-tokens", type=int, default=None, help="default: the rest of the context")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--quick", action="store_true", help="tiny random model, few tokens, nothing saved")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny random model, few tokens, JSON outside benchmarks/results")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="slm_deploy_bench_") as work:     # the ONNX files, the quick checkpoint
+        return run(args, Path(work))
 
-    work = Path(tempfile.mkdtemp(prefix="slm_deploy_bench_"))
+
+def run(args, work: Path) -> int:
     if args.quick:
         ckpt_dir, args.new_tokens, args.repeats = quick_checkpoint(work), 16, 2
     elif args.ckpt:
@@ -112,22 +114,26 @@ def main() -> int:
     print("greedy tokens equal to PyTorch: " + ", ".join(f"{r['name']} {r['greedy_tokens_equal_pytorch']}" for r in rows))
     print(f"target (1 thread): int8 decode {speedup:.2f}× PyTorch eager fp32 (≥ 2: {'met' if speedup >= 2 else 'MISSED'}), "
           f"int8 file {size_ratio:.3f}× the fp32 ONNX file (≤ 0.3: {'met' if size_ratio <= 0.3 else 'MISSED'})")
-    if args.quick:
-        return 0
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
                           "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                           "cpu_count": __import__("os").cpu_count()},
-              "checkpoint": args.ckpt or f"pretrained('small'), {ckpt.meta.get('profile')} profile", "model": ckpt.model.cfg.to_dict(), "parameters": ckpt.model.num_parameters(),
+              "checkpoint": checkpoint_label(args, ckpt), "model": ckpt.model.cfg.to_dict(), "parameters": ckpt.model.num_parameters(),
               "profile": {"threads": profile.threads, "memory_budget_mib": profile.memory_budget_mib},
               "prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
               "export_s": export_s, "rows": rows,
               "target": {"int8_decode_speedup_vs_pytorch": speedup, "int8_size_ratio_vs_fp32_onnx": size_ratio,
                          "met": bool(speedup >= 2 and size_ratio <= 0.3)},
               "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deploy.json").write_text(json.dumps(result, indent=2))
-    print(f"saved {RESULTS / 'deploy.json'}")
+    path = results_dir(args.quick) / "deploy.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"saved {path}")
     return 0
+
+
+def checkpoint_label(args, ckpt) -> str:
+    if args.quick:
+        return "quick: a tiny random model"
+    return args.ckpt or f"pretrained('small'), {ckpt.meta.get('profile')} profile"
 
 
 if __name__ == "__main__":

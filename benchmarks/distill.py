@@ -13,7 +13,7 @@ the comparison seeds): the course's recipe uses the best, so the baseline is not
 Prints a table and writes benchmarks/results/distill.json.
 
     python benchmarks/distill.py --lr-sweep   # the full comparison, 800 steps (~20 minutes on 2 cores)
-    python benchmarks/distill.py --quick      # a tenth of the steps, to check the script runs
+    python benchmarks/distill.py --quick      # 10 steps, the first seed, 4 val batches: checks the script runs
 """
 from __future__ import annotations
 
@@ -23,17 +23,15 @@ import platform
 import statistics
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
+from common import results_dir
 
 from slm_lab.distill import ALPHA, TEMPERATURE, cache_teacher, distill, student_config, student_train_config
 from slm_lab.evaluate import fixed_batches, mean_loss
 from slm_lab.model import SLM
 from slm_lab.settings import seed_everything
 from slm_lab.train import prepare_char_data, pretrained
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def mean_std(xs: list[float]) -> dict:
@@ -42,7 +40,8 @@ def mean_std(xs: list[float]) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a tenth of the steps (smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="10 steps, the first seed, 4 validation batches; JSON outside benchmarks/results")
     ap.add_argument("--steps", type=int, default=800, help="student steps N (notebook 04 uses 400)")
     ap.add_argument("--lr-sweep", action="store_true", help="first train alone at several learning rates (seeds 3, 4)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -58,9 +57,9 @@ def main(argv=None):
     base = student_train_config()
     steps = args.steps
     if args.quick:
-        steps = max(10, steps // 10)
+        steps, args.seeds = 10, args.seeds[:1]
     base = replace(base, max_steps=steps, eval_interval=max(1, steps // 10))
-    val_batches = fixed_batches(val_ids, s_cfg.block_size, 16, 40, seed=0)
+    val_batches = fixed_batches(val_ids, s_cfg.block_size, 16, 4 if args.quick else 40, seed=0)
     n_t, n_s = teacher.num_parameters(), SLM(s_cfg).num_parameters()
     r = 1 + 2 * n_t / (6 * n_s)
     long_steps = int(round(r * steps))
@@ -122,8 +121,7 @@ def main(argv=None):
         "cache_seconds": cache_seconds, "lr_sweep_alone_seeds_3_4": {str(k): v for k, v in lr_sweep.items()},
         "summary": summary, "alone_minus_this": paired, "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("distill_quick.json" if args.quick else "distill.json")
+    path = results_dir(args.quick) / "distill.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
 

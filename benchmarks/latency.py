@@ -16,7 +16,8 @@ kernels tuned for matrix-vector work. The machine is measured again at the end; 
 better of the two measurements (it is a ceiling). Prints a table and writes benchmarks/results/latency.json.
 
     python benchmarks/latency.py                 # presets, GPT-2 124M, SmolLM2-135M/360M, TinyLlama-1.1B
-    python benchmarks/latency.py --quick         # presets + SmolLM2-135M, fewer repeats, nothing saved
+    python benchmarks/latency.py --quick         # presets + SmolLM2-135M cut to 2 layers, a small machine probe,
+                                                 # 2 repeats: checks the script runs (JSON: see common.py)
     python benchmarks/latency.py --no-onnx       # skip the ONNX Runtime column (no export, ~1 min faster)
 """
 from __future__ import annotations
@@ -29,14 +30,15 @@ import platform
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import results_dir
 
 from slm_lab import latency, sizing
 from slm_lab.model import SLM
 
-RESULTS = Path(__file__).parent / "results"
 REAL = ("GPT-2 124M", "SmolLM2-135M", "SmolLM2-360M", "TinyLlama-1.1B")
 PROMPT, NEW, PREFILL = 64, 32, 128
 TARGET = ("SmolLM2-135M", 0.5)     # its measured decode should reach at least half the roofline
@@ -57,6 +59,12 @@ def vocab_size() -> int:
     from slm_lab.train import prepare_char_data
 
     return prepare_char_data("shakespeare")[0].vocab_size
+
+
+def quick_card() -> sizing.ModelCard:
+    """--quick's one real architecture: the target's, cut to 2 layers (the same code path in seconds)."""
+    target = sizing.card(TARGET[0])
+    return replace(target, name=f"{target.name}, 2 layers", n_layer=2)
 
 
 def onnxruntime_decode(model: SLM, prompt: int, new: int, repeats: int, threads: int) -> float:
@@ -106,7 +114,8 @@ def add_roofline(row: dict, card: sizing.ModelCard, hw: sizing.Hardware) -> dict
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="presets + SmolLM2-135M, fewer repeats, nothing saved")
+    ap.add_argument("--quick", action="store_true", help="presets + SmolLM2-135M cut to 2 layers, a small machine "
+                    "probe, 2 repeats; JSON outside benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     ap.add_argument("--no-onnx", action="store_true", help="skip exporting to ONNX and decoding with ONNX Runtime")
@@ -114,14 +123,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
 
-    rates = latency.measure_machine(repeats=max(3, repeats + 2))
-    cards = list(sizing.course_cards(vocab_size()).values())
-    cards += [sizing.card(n) for n in (REAL[1:2] if args.quick else REAL)]
+    probe = dict(megabytes=64, matmul_n=512, repeats=3) if args.quick else dict(repeats=max(3, repeats + 2))
+    rates = latency.measure_machine(**probe)
+    real = [quick_card()] if args.quick else [sizing.card(n) for n in REAL]
+    target_name, onnx_names = (real[0].name, {real[0].name}) if args.quick else (TARGET[0], set(ONNX))
+    cards = list(sizing.course_cards(vocab_size()).values()) + real
     raw = []
     for c in cards:
-        raw.append(measure(c, repeats, onnx=c.name in ONNX and not args.no_onnx, threads=args.threads))
+        raw.append(measure(c, repeats, onnx=c.name in onnx_names and not args.no_onnx, threads=args.threads))
         print(f"  timed {c.name} ({raw[-1]['params']:,} parameters)", file=sys.stderr)
-    after = latency.measure_machine(repeats=max(3, repeats + 2))
+    after = latency.measure_machine(**probe)
     # The roofline is a ceiling: use the best rate seen, at the start or at the end of the run.
     peak = latency.MachineRates(*(max(a, b) for a, b in zip(
         (rates.read_bandwidth, rates.copy_bandwidth, rates.matmul_flops),
@@ -157,32 +168,31 @@ def main(argv=None):
     for r in rows:
         print(f"{r['model']:<20}{r['step_ms']:>9.2f}{r['fixed_ms']:>10.2f}{r['gemv_ms']:>9.2f}{r['gemv_gb_per_s']:>11.1f}"
               f"{r['fixed_plus_gemv_ms']:>12.2f}{r['step_ms'] / r['fixed_plus_gemv_ms']:>10.2f}")
-    target = next(r for r in rows if r["model"] == TARGET[0])
+    target = next(r for r in rows if r["model"] == target_name)
     kinds = {"decode_ratio": "PyTorch as stored", "decode_prepacked_ratio": "PyTorch prepacked",
              "decode_onnxruntime_ratio": "ONNX Runtime"}
     met = {k: target[k] is not None and target[k] >= TARGET[1] for k in kinds}
-    print(f"\n{TARGET[0]} decodes at " + ", ".join(
+    print(f"\n{target_name} decodes at " + ", ".join(
         f"{target[k]:.2f} of its roofline with {label} ({'MET' if met[k] else 'MISSED'})"
         for k, label in kinds.items() if target[k] is not None) + f"; target ≥ {TARGET[1]}")
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        out = {"benchmark": "latency", "date": datetime.date.today().isoformat(), "threads": args.threads,
-               "torch": torch.__version__, "machine": cpu_name(), "repeats": repeats, "dtype": "fp32",
-               "setup": {"decode": f"prefill {PROMPT} tokens, then {NEW} single-token steps on the KV cache "
-                                   "(at most half the block each)", "prefill_tokens": PREFILL,
-                         "decode_context_for_roofline": "prompt + new_tokens / 2"},
-               "rates_at_start": rates.to_dict(), "rates_at_end": after.to_dict(), "roofline_rates": peak.to_dict(),
-               "rows": rows,
-               "target": {"model": TARGET[0], "min_decode_ratio": TARGET[1], "decode_ratio": target["decode_ratio"],
-                          "decode_prepacked_ratio": target["decode_prepacked_ratio"],
-                          "decode_onnxruntime_ratio": target["decode_onnxruntime_ratio"],
-                          "met_as_stored": met["decode_ratio"], "met_prepacked": met["decode_prepacked_ratio"],
-                          "met_onnxruntime": met["decode_onnxruntime_ratio"]},
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-               "median_decode_ratio_real_models": statistics.median(
-                   r["decode_ratio"] for r in rows if r["model"] in REAL)}
-        (RESULTS / "latency.json").write_text(json.dumps(out, indent=2) + "\n")
-        print(f"saved {RESULTS / 'latency.json'}")
+    out = {"benchmark": "latency", "date": datetime.date.today().isoformat(), "threads": args.threads,
+           "torch": torch.__version__, "machine": cpu_name(), "repeats": repeats, "dtype": "fp32",
+           "setup": {"decode": f"prefill {PROMPT} tokens, then {NEW} single-token steps on the KV cache "
+                               "(at most half the block each)", "prefill_tokens": PREFILL,
+                     "decode_context_for_roofline": "prompt + new_tokens / 2"},
+           "rates_at_start": rates.to_dict(), "rates_at_end": after.to_dict(), "roofline_rates": peak.to_dict(),
+           "rows": rows,
+           "target": {"model": target_name, "min_decode_ratio": TARGET[1], "decode_ratio": target["decode_ratio"],
+                      "decode_prepacked_ratio": target["decode_prepacked_ratio"],
+                      "decode_onnxruntime_ratio": target["decode_onnxruntime_ratio"],
+                      "met_as_stored": met["decode_ratio"], "met_prepacked": met["decode_prepacked_ratio"],
+                      "met_onnxruntime": met["decode_onnxruntime_ratio"]},
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+           "median_decode_ratio_real_models": statistics.median(
+               r["decode_ratio"] for r in rows if r["model"] in {c.name for c in real})}
+    path = results_dir(args.quick) / "latency.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

