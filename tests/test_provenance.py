@@ -55,3 +55,13 @@ def test_other_profiles_missing_stamps_and_new_imports_are_stale(package):
     P.stamp(nb, "full", package)
     nb.cells.append(nbformat.v4.new_code_cell("import slm_lab.unrelated"))
     assert "other slm_lab modules" in P.staleness(nb, package)
+
+
+def test_comments_docstrings_hints_and_import_order_do_not_make_a_notebook_stale(package):
+    nb = notebook("from slm_lab.a import f")
+    (package / "b.py").write_text("from . import errors\nimport os\nhelper = 1\n")
+    P.stamp(nb, "full", package)
+    (package / "b.py").write_text('"""Doc."""\nimport os  # why\nfrom . import errors\n\nhelper: int = 1\n')
+    assert P.staleness(nb, package) is None
+    (package / "b.py").write_text('"""Doc."""\nimport os\nfrom . import errors\n\nhelper: int = 2\n')
+    assert "slm_lab.b" in P.staleness(nb, package)               # a changed value is a changed result

@@ -2,9 +2,11 @@
 
 `slm-lab execute` stamps each notebook it runs with {"profile", "modules", "sha256", "per_module"} in its
 metadata: the package modules the notebook imports (directly, and through the package's own imports),
-and a hash of their source and of the package data they read (per module too, to name what changed). A notebook is *stale* when that hash no
-longer matches the package as it is, or when its outputs are not from the `full` profile; `slm-lab
-execute --stale` lists them and `tests/test_notebooks_meta.py` fails on any.
+and a hash of what their code does (docstrings, comments, type hints and import order do not count)
+and of the package data they read — per module too, to name what changed.
+A notebook is *stale* when that hash no longer matches the package as it is, or when its outputs are
+not from the `full` profile; `slm-lab execute --stale` lists them and `tests/test_notebooks_meta.py`
+fails on any.
 
 The import graph is read statically (ast), so finding what a notebook depends on runs none of its code.
 """
@@ -83,13 +85,70 @@ def dependencies(code: str, root: Path | None = None) -> list[str]:
     return sorted(seen)
 
 
+def _is_import(node: ast.stmt) -> bool:
+    return isinstance(node, (ast.Import, ast.ImportFrom))
+
+
+class _Behaviour(ast.NodeTransformer):
+    """Drop what cannot change a result: docstrings and type annotations; put runs of imports in order."""
+
+    def _body(self, body: list) -> list:
+        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:] or [ast.Pass()]
+        out, run = [], []
+        for stmt in body:
+            if _is_import(stmt):
+                run.append(stmt)
+                continue
+            out += sorted(run, key=ast.dump)
+            run = []
+            out.append(stmt)
+        return out + sorted(run, key=ast.dump)
+
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        if hasattr(node, "body") and isinstance(node.body, list) and not isinstance(node, ast.Lambda):
+            node.body = self._body(node.body)
+        return node
+
+    def visit_arg(self, node: ast.arg):
+        node.annotation = None
+        return node
+
+    def visit_FunctionDef(self, node):
+        node.returns = None
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_AnnAssign(self, node: ast.AnnAssign):
+        if node.value is None:                       # a bare annotation (dataclass field without default)
+            return ast.Expr(ast.Name(id=ast.unparse(node.target)))
+        return ast.Assign(targets=[node.target], value=node.value)
+
+
+def behaviour(source: str) -> str:
+    """The module's code as it runs: ast.dump without docstrings, annotations, line numbers or import order.
+
+    So a comment, docstring, type hint or import-sorting change (what a linter asks for) leaves the
+    notebooks that import the module fresh; any change to what the code does makes them stale.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    return ast.dump(_Behaviour().visit(tree), include_attributes=False)
+
+
 def fingerprint(modules: list[str], root: Path | None = None) -> str:
-    """SHA-256 over the modules' names and source bytes (and the package data they read)."""
+    """SHA-256 over the modules' names and behaviour (see `behaviour`), and the package data they read."""
     root = root or package_root()
     h = hashlib.sha256()
     for name in sorted(modules):
         path = _module_file(name, root)
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path else b"<missing>") + b"\0")
+        code = behaviour(path.read_text(encoding="utf-8")) if path else "<missing>"
+        h.update(name.encode() + b"\0" + code.encode() + b"\0")
         for folder in DATA_FILES.get(name, ()):
             for f in sorted((root / folder).rglob("*")):
                 if f.is_file():
