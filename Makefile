@@ -33,6 +33,11 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The same two checks tests/test_lint.py runs inside `make test`; rules and options live in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check slm_lab
+	$(BIN)/python -m mypy
+
 doctor: $(STAMP)
 	$(BIN)/slm-lab doctor
 

@@ -14,6 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +22,9 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_path, write_text
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
+
+if TYPE_CHECKING:   # imported on use only (load_checkpoint)
+    from .tokenizer import Tokenizer
 
 
 def save_checkpoint(directory: str | Path, model: SLM, tokenizer=None, meta: dict | None = None,
@@ -45,7 +49,7 @@ def save_checkpoint(directory: str | Path, model: SLM, tokenizer=None, meta: dic
 @dataclass
 class Checkpoint:
     model: SLM
-    tokenizer: object | None
+    tokenizer: Tokenizer | None
     meta: dict
     path: Path
 
@@ -118,5 +122,6 @@ def check_out_dir(directory: str | Path, *, resume: bool = False, overwrite: boo
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise SLMLabError(f"cannot write to --out {directory} ({exc.strerror or exc}); choose a folder you can write to.") from None
+        raise SLMLabError(f"cannot write to --out {directory} ({exc.strerror or exc}); "
+                          "choose a folder you can write to.") from None
     return directory

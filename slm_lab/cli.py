@@ -85,7 +85,8 @@ def _generate(args) -> int:
         raise SLMLabError(f"--temperature {args.temperature} must be ≥ 0 (0 means greedy).")
     ckpt = load_checkpoint(args.ckpt, device=resolve_device(args.device))
     if ckpt.tokenizer is None:
-        raise SLMLabError(f"{args.ckpt} has no tokenizer.json, so a text prompt cannot be encoded; re-save it with its tokenizer.")
+        raise SLMLabError(f"{args.ckpt} has no tokenizer.json, so a text prompt cannot be encoded; "
+                          "re-save it with its tokenizer.")
     ids = torch.tensor([ckpt.tokenizer.encode(args.prompt)])
     if ids.shape[1] == 0:
         raise SLMLabError("the prompt is empty; give at least one character with --prompt.")
@@ -153,7 +154,8 @@ COMMANDS = {
     "make-labs": ("slm_lab.course.make_labs", "write labs/ from solutions/ (--check: fail if stale)"),
     "grade": ("slm_lab.course.grade", "grade submitted labs with nbval into a gradebook CSV"),
     "slides": ("slm_lab.course.slides", "build the reveal.js slide decks"),
-    "export": ("slm_lab.course.export_cmd", "export a checkpoint to ONNX (optionally int8 / int4) or the transformers format"),
+    "export": ("slm_lab.course.export_cmd",
+               "export a checkpoint to ONNX (optionally int8 / int4) or the transformers format"),
 }
 
 

@@ -172,7 +172,8 @@ def train_val_split(data, val_fraction: float = 0.1):
 
 def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
               generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
-    """Random (x, y) blocks from a 1-D token tensor: x, y are int64 of shape (batch_size, block_size), y = x shifted by one."""
+    """Random (x, y) blocks from a 1-D token tensor: x, y are int64 of shape (batch_size, block_size),
+    y = x shifted by one."""
     if data.dim() != 1:
         raise SLMLabError(f"get_batch expects a 1-D tensor of token ids, got shape {tuple(data.shape)}.")
     if len(data) <= block_size:

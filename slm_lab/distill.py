@@ -18,11 +18,11 @@ Shapes: B batch, T time, V vocabulary, k cached tokens per position, S steps.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ class TopK(NamedTuple):
     temperature: float
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, k: int, temperature: float) -> "TopK":
+    def from_logits(cls, logits: torch.Tensor, k: int, temperature: float) -> TopK:
         """logits (..., V) → the top-k summary at temperature T."""
         log_p = F.log_softmax(logits.float() / temperature, dim=-1)
         top = log_p.topk(min(k, logits.shape[-1]), dim=-1)
@@ -109,6 +109,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     hard = F.cross_entropy(student_logits.float().reshape(-1, V), targets.reshape(-1))
     if alpha == 0.0:
         return hard
+    if teacher_logits is None:
+        raise SLMLabError(f"alpha={alpha} weighs the teacher's soft targets, but teacher_logits is None; "
+                          "pass the teacher's logits (or a TopK), or alpha=0 to train on the hard targets alone.")
     return alpha * temperature**2 * soft_kl(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
@@ -203,6 +206,7 @@ def distill(student: SLM, teacher: SLM | None, train_data: torch.Tensor, val_dat
             top = teacher_cache.get(step, micro)
             soft = top._replace(**{f: getattr(top, f).to(x.device) for f in ("log_probs", "indices", "log_rest")})
         else:
+            assert teacher is not None   # refused above: alpha > 0 with neither a teacher nor a cache
             with torch.no_grad():
                 soft = teacher(x).logits
         return distillation_loss(logits, soft, y, temperature, alpha if needs_teacher else 0.0)

@@ -29,7 +29,9 @@ def hf_config(cfg: SLMConfig):
                           resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                           layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_weights,
                           bos_token_id=None, eos_token_id=None)
-    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+    # rope_theta: transformers 5 still takes it (it folds it into rope_parameters) but its typed signature no longer
+    # lists it, and 4.x (which pyproject admits) knows no rope_parameters.
+    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,  # type: ignore[call-arg]
                        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
                        num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
                        rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, attention_bias=cfg.bias,
@@ -113,7 +115,7 @@ def to_hf(model: SLM):
     theirs = hf.state_dict()
     if cfg.family == "gpt2":
         for i in range(cfg.n_layer):
-            q, k, v = (ours.get(f"blocks.{i}.attn.{n}_proj.weight") for n in "qkv")
+            q, k, v = (ours[f"blocks.{i}.attn.{n}_proj.weight"] for n in "qkv")
             theirs[f"transformer.h.{i}.attn.c_attn.weight"].copy_(torch.cat([q, k, v], 0).t())
             bias = theirs[f"transformer.h.{i}.attn.c_attn.bias"]
             bias.copy_(torch.cat([ours[f"blocks.{i}.attn.{n}_proj.bias"] for n in "qkv"]) if cfg.bias else 0)
@@ -143,7 +145,7 @@ def from_hf(hf_model) -> SLM:
         for i in range(cfg.n_layer):
             qkv_w = theirs[f"transformer.h.{i}.attn.c_attn.weight"].t()             # (3D, D)
             qkv_b = theirs[f"transformer.h.{i}.attn.c_attn.bias"]
-            for n, w, b in zip("qkv", qkv_w.chunk(3, 0), qkv_b.chunk(3, 0)):
+            for n, w, b in zip("qkv", qkv_w.chunk(3, 0), qkv_b.chunk(3, 0), strict=True):
                 ours[f"blocks.{i}.attn.{n}_proj.weight"].copy_(w)
                 ours[f"blocks.{i}.attn.{n}_proj.bias"].copy_(b)
         for a, b, transpose in _gpt2_pairs(cfg):

@@ -20,8 +20,17 @@ import torch.nn as nn
 
 from .errors import SLMLabError
 from .model import SLM, SLMConfig
-from .sizing import (Arch, Hardware, architecture, forward_flops_per_token, hardware, kv_cache_bytes, matmul_parameters,
-                     memory_needed, weight_bytes)
+from .sizing import (
+    Arch,
+    Hardware,
+    architecture,
+    forward_flops_per_token,
+    hardware,
+    kv_cache_bytes,
+    matmul_parameters,
+    memory_needed,
+    weight_bytes,
+)
 from .timing import median_seconds
 
 
@@ -190,7 +199,7 @@ def gemv_seconds(model: nn.Module, repeats: int = 5) -> float:
     inputs = [torch.ones(1, m.in_features, dtype=m.weight.dtype) for m in layers]
 
     def run():
-        for m, x in zip(layers, inputs):
+        for m, x in zip(layers, inputs, strict=True):
             torch.nn.functional.linear(x, m.weight)
     return median_seconds(run, repeats)
 

@@ -19,6 +19,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,11 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path, write_text
 from .errors import SLMLabError
+
+if TYPE_CHECKING:
+    from .model import SLM
+
+_M = TypeVar("_M", bound=nn.Module)
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate", "up", "down")
@@ -151,7 +157,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def _replace_lora(model: nn.Module, make) -> nn.Module:
+def _replace_lora(model: _M, make) -> _M:
     for name, layer in list(lora_layers(model).items()):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -159,7 +165,7 @@ def _replace_lora(model: nn.Module, make) -> nn.Module:
     return model
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: _M) -> _M:
     """A copy of the model with every adapter folded into its Linear: a plain model, all parameters trainable."""
     merged = _replace_lora(copy.deepcopy(model), lambda layer: layer.merged_linear())
     for p in merged.parameters():
@@ -167,7 +173,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return merged
 
 
-def strip_lora(model: nn.Module) -> nn.Module:
+def strip_lora(model: _M) -> _M:
     """A copy of the model with the adapters dropped: the base model again (unmerged weights)."""
     def base(layer: LoRALinear) -> nn.Linear:
         if layer.merged:
@@ -250,7 +256,8 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     directory = Path(directory)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (directory / name).is_file():
-            raise SLMLabError(f"{directory} is not a LoRA adapter: {name} is missing; save one with save_adapter(model, dir).")
+            raise SLMLabError(f"{directory} is not a LoRA adapter: {name} is missing; "
+                              "save one with save_adapter(model, dir).")
     try:
         config = json.loads((directory / ADAPTER_CONFIG).read_text())
         layers, r, alpha = config["layers"], int(config["r"]), float(config["alpha"])
@@ -282,7 +289,7 @@ def _get(model: nn.Module, name: str):
 
 
 # ------------------------------------------------------------------ peft ----
-def to_peft(model: nn.Module):
+def to_peft(model: SLM):
     """The same adapted model through Hugging Face peft: our base → LlamaForCausalLM, our A and B copied in.
 
     Returns a peft PeftModel whose logits match ours (Llama family only).
@@ -298,7 +305,8 @@ def to_peft(model: nn.Module):
         raise SLMLabError("the peft comparison maps our layers onto LlamaForCausalLM; use a Llama-family model.")
     one = next(iter(layers.values()))
     short = sorted({n.rsplit(".", 1)[-1] for n in layers})
-    config = LoraConfig(r=one.r, lora_alpha=one.alpha, lora_dropout=0.0, bias="none",
+    # peft types lora_alpha as int, but only divides it by r: a fractional alpha works and must stay as it is.
+    config = LoraConfig(r=one.r, lora_alpha=one.alpha, lora_dropout=0.0, bias="none",  # type: ignore[arg-type]
                         target_modules=[HF_LLAMA_NAMES[s] for s in short])
     with warnings.catch_warnings():      # peft calls a transformers API that transformers 5 marks deprecated
         warnings.simplefilter("ignore", FutureWarning)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,11 @@ def default_d_ff(family: str, d_model: int) -> int:
     return 4 * d_model if family == "gpt2" else 32 * math.ceil(8 * d_model / 3 / 32)
 
 
+# The default of the fields that __post_init__ derives from the others. It is None, typed Any so that those
+# fields can be typed as what a config holds once built (an int, a bool), not as what a caller may pass.
+_DERIVED: Any = None
+
+
 @dataclass
 class SLMConfig:
     family: str = "llama"
@@ -36,16 +41,22 @@ class SLMConfig:
     block_size: int = 256          # longest context the model accepts
     n_layer: int = 4
     n_head: int = 4
-    n_kv_head: int | None = None   # < n_head: grouped-query attention (Llama family)
+    n_kv_head: int = _DERIVED      # default n_head; < n_head: grouped-query attention (Llama family)
     d_model: int = 128
-    head_dim: int | None = None    # default d_model // n_head; smaller when heads were pruned (slm_lab.prune)
-    d_ff: int | None = None        # MLP width; default: default_d_ff(family, d_model)
+    head_dim: int = _DERIVED       # default d_model // n_head; smaller when heads were pruned (slm_lab.prune)
+    d_ff: int = _DERIVED           # MLP width; default: default_d_ff(family, d_model)
     dropout: float = 0.0
-    bias: bool | None = None       # default True for GPT-2, False for Llama
+    bias: bool = _DERIVED          # default True for GPT-2, False for Llama
     tie_weights: bool = True       # share the token embedding with the output head
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"        # "sdpa" (fused) or "explicit" (every step written out, for teaching)
+
+    if TYPE_CHECKING:   # the constructor as type checkers and editors show it: None asks for the default
+        def __init__(self, family: str = ..., vocab_size: int = ..., block_size: int = ..., n_layer: int = ...,
+                     n_head: int = ..., n_kv_head: int | None = ..., d_model: int = ..., head_dim: int | None = ...,
+                     d_ff: int | None = ..., dropout: float = ..., bias: bool | None = ..., tie_weights: bool = ...,
+                     rope_theta: float = ..., norm_eps: float = ..., attn_impl: str = ...) -> None: ...
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -60,7 +71,8 @@ class SLMConfig:
             raise SLMLabError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}; "
                               "each key/value head must serve the same number of query heads.")
         if self.family == "gpt2" and self.n_kv_head != self.n_head:
-            raise SLMLabError("grouped-query attention (n_kv_head < n_head) belongs to the Llama family; use family='llama'.")
+            raise SLMLabError("grouped-query attention (n_kv_head < n_head) belongs to the Llama family; "
+                              "use family='llama'.")
         if self.head_dim is None:
             self.head_dim = self.d_model // self.n_head
         if self.family == "llama" and self.head_dim % 2:
@@ -79,7 +91,7 @@ class SLMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SLMConfig":
+    def from_dict(cls, d: dict) -> SLMConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -223,6 +235,9 @@ class SLMOutput(NamedTuple):
 
 class SLM(nn.Module):
     """A decoder-only transformer language model."""
+
+    rope_cos: torch.Tensor   # (block_size, hd) buffers, Llama family only (registered in __init__)
+    rope_sin: torch.Tensor
 
     def __init__(self, cfg: SLMConfig):
         super().__init__()

@@ -96,7 +96,7 @@ def export_onnx(model: SLM, path: str | Path) -> Path:
     finally:
         model.train(was_training)
         quiet.setLevel(level)
-    proto = program.model_proto
+    proto = program.model_proto   # type: ignore[union-attr]  # torch types export() Optional; dynamo=True returns a program
     _strip_debug_info(proto)
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(deploy_config(model))})   # the runtime reads it
     return _write_proto(proto, Path(path))
@@ -120,7 +120,8 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, fmt: str = "onn
     failed export never leaves half a model there, nor removes what was there before.
     """
     if fmt not in FORMATS:
-        raise SLMLabError(f"format {fmt!r} is not supported; use --format onnx (ONNX Runtime) or --format hf (transformers).")
+        raise SLMLabError(f"format {fmt!r} is not supported; "
+                          "use --format onnx (ONNX Runtime) or --format hf (transformers).")
     if fmt == "hf" and (int8 or int4):
         raise SLMLabError("--int8 / --int4 apply to the ONNX export; use them with --format onnx.")
     from .checkpoint import load_checkpoint
@@ -182,5 +183,6 @@ def max_logit_difference(model: SLM, onnx_path: str | Path, ids: torch.Tensor, p
     g = torch.Generator().manual_seed(0)
     past = [torch.randn(ids.shape[0], cfg.n_kv_head, past_len, cfg.head_dim, generator=g) for _ in range(2 * cfg.n_layer)]
     ref = FlatKVModel(model.eval())(ids, *past)
-    outs = load_session(onnx_path).run(None, dict(zip(input_names(cfg.n_layer), [ids.numpy(), *[p.numpy() for p in past]])))
-    return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, ref))
+    feed = dict(zip(input_names(cfg.n_layer), [ids.numpy(), *[p.numpy() for p in past]], strict=True))
+    outs = load_session(onnx_path).run(None, feed)
+    return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, ref, strict=True))

@@ -82,7 +82,7 @@ class DeploySpec:
         return [np.zeros((batch, self.n_kv_head, 0, self.head_dim), np.float32) for _ in range(2 * self.n_layer)]
 
     def feed(self, ids: np.ndarray, past: list[np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(input_names(self.n_layer), [np.ascontiguousarray(ids, dtype=np.int64), *past]))
+        return dict(zip(input_names(self.n_layer), [np.ascontiguousarray(ids, dtype=np.int64), *past], strict=True))
 
 
 class OnnxLM:

@@ -18,12 +18,13 @@ Shapes: D d_model, H query heads, K kv heads (groups), r = H / K, hd head dim, F
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from .errors import SLMLabError
-from .model import SLM, SLMConfig
+from .model import MLP, SLM, Block, CausalSelfAttention, SLMConfig, SwiGLU
 
 # Linear layers inside the blocks; embeddings, the (tied) head and the norms are never pruned.
 PRUNABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate", "up", "down", "fc", "proj")
@@ -119,13 +120,19 @@ def keep_masks(model: nn.Module, masks: dict[str, torch.Tensor],
 
 
 # ------------------------------------------------------------------- structured ----
+def _blocks(model: SLM) -> list[Block]:
+    """model.blocks, typed: to a type checker an nn.ModuleList holds plain nn.Modules."""
+    return cast("list[Block]", list(model.blocks))
+
+
 @torch.no_grad()
 def unit_importance(model: SLM, batches: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(heads (n_layer, K), neurons (n_layer, F)): the mean L2 norm over calibration tokens of what each
     kv group of heads and each MLP neuron adds to the residual stream. batches: (x, y) pairs."""
-    H, K = model.blocks[0].attn.n_head, model.blocks[0].attn.n_kv_head
+    first = _blocks(model)[0]
+    H, K = first.attn.n_head, first.attn.n_kv_head
     heads = torch.zeros(len(model.blocks), K)
-    neurons = torch.zeros(len(model.blocks), _mlp_layers(model.blocks[0].mlp)[2].in_features)
+    neurons = torch.zeros(len(model.blocks), _mlp_layers(first.mlp)[2].in_features)
     tokens, hooks = 0, []
 
     def on_o_proj(i, attn):
@@ -141,7 +148,7 @@ def unit_importance(model: SLM, batches: list) -> tuple[torch.Tensor, torch.Tens
             neurons[i] += h.abs().sum(0) * module.weight.norm(dim=0)
         return hook
 
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(_blocks(model)):
         hooks.append(block.attn.o_proj.register_forward_pre_hook(on_o_proj(i, block.attn)))
         hooks.append(_mlp_layers(block.mlp)[2].register_forward_pre_hook(on_down(i)))
     was_training = model.training
@@ -158,11 +165,13 @@ def unit_importance(model: SLM, batches: list) -> tuple[torch.Tensor, torch.Tens
     return heads / tokens, neurons / tokens
 
 
-def _mlp_layers(mlp: nn.Module) -> tuple[list[nn.Linear], str, nn.Linear]:
+def _mlp_layers(mlp: SwiGLU | MLP) -> tuple[list[nn.Linear], str, nn.Linear]:
     """(the layers whose rows are neurons, their names, the layer whose columns are neurons)."""
     if hasattr(mlp, "gate"):
-        return [mlp.gate, mlp.up], "gate up", mlp.down         # SwiGLU: down(silu(gate x) · up x)
-    return [mlp.fc], "fc", mlp.proj                             # GPT-2: proj(gelu(fc x))
+        glu = cast(SwiGLU, mlp)
+        return [glu.gate, glu.up], "gate up", glu.down          # SwiGLU: down(silu(gate x) · up x)
+    gelu = cast(MLP, mlp)
+    return [gelu.fc], "fc", gelu.proj                           # GPT-2: proj(gelu(fc x))
 
 
 def _sliced(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -179,18 +188,18 @@ def _sliced(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tens
 
 
 @torch.no_grad()
-def remove_neurons(mlp: nn.Module, keep: torch.Tensor) -> None:
+def remove_neurons(mlp: SwiGLU | MLP, keep: torch.Tensor) -> None:
     """Keep only MLP neurons `keep` (indices into F), in place: SwiGLU gate/up rows and down columns,
     or GPT-2 fc rows (and bias) and proj columns."""
     ins, names, out = _mlp_layers(mlp)
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
-    for layer, name in zip(ins, names.split()):
+    for layer, name in zip(ins, names.split(), strict=True):
         setattr(mlp, name, _sliced(layer, rows=keep))
     setattr(mlp, "down" if hasattr(mlp, "down") else "proj", _sliced(out, cols=keep))
 
 
 @torch.no_grad()
-def remove_heads(attn: nn.Module, keep: torch.Tensor) -> None:
+def remove_heads(attn: CausalSelfAttention, keep: torch.Tensor) -> None:
     """Keep only kv groups `keep` (indices into K) of a CausalSelfAttention, in place: their k/v rows, the
     q rows of the query heads that share them, and those heads' o_proj columns."""
     H, K, hd = attn.n_head, attn.n_kv_head, attn.head_dim
@@ -210,19 +219,20 @@ def prune_structured(model: SLM, batches: list, n_kv_head: int | None = None, d_
     """A smaller copy of `model` with n_kv_head kv groups (n_kv_head · H/K query heads) and d_ff MLP neurons
     in every layer — the most important ones on the calibration `batches` — and a config that says so."""
     cfg = model.cfg
-    K, F = model.blocks[0].attn.n_kv_head, _mlp_layers(model.blocks[0].mlp)[2].in_features
+    first = _blocks(model)[0]
+    K, F = first.attn.n_kv_head, _mlp_layers(first.mlp)[2].in_features
     n_kv_head, d_ff = n_kv_head or K, d_ff or F
     if not 1 <= n_kv_head <= K or not 1 <= d_ff <= F:
         raise SLMLabError(f"keep 1…{K} kv heads and 1…{F} neurons per layer (asked for n_kv_head={n_kv_head}, "
                           f"d_ff={d_ff}); structured pruning can only remove units.")
     heads, neurons = unit_importance(model, batches)
     pruned = copy.deepcopy(model)
-    for i, block in enumerate(pruned.blocks):
+    for i, block in enumerate(_blocks(pruned)):
         if n_kv_head < K:
             remove_heads(block.attn, heads[i].topk(n_kv_head).indices)
         if d_ff < F:
             remove_neurons(block.mlp, neurons[i].topk(d_ff).indices)
-    attn = pruned.blocks[0].attn
+    attn = _blocks(pruned)[0].attn
     pruned.cfg = SLMConfig.from_dict(dict(cfg.to_dict(), n_head=attn.n_head, n_kv_head=attn.n_kv_head,
                                           head_dim=attn.head_dim, d_ff=d_ff))
     return pruned

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -140,7 +140,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     Column 2j goes in the low 4 bits, column 2j+1 in the high 4 bits, each as 4-bit two's complement.
     """
     if q.numel() and (q.min() < -8 or q.max() > 7):
-        raise SLMLabError(f"int4 values must lie in [-8, 7], got [{int(q.min())}, {int(q.max())}]; quantize with bits=4 first.")
+        raise SLMLabError(f"int4 values must lie in [-8, 7], got [{int(q.min())}, {int(q.max())}]; "
+                          "quantize with bits=4 first.")
     u = q.to(torch.int16) & 0xF
     if u.shape[-1] % 2:
         u = torch.cat([u, torch.zeros_like(u[..., :1])], dim=-1)
@@ -159,6 +160,10 @@ def unpack_int4(packed: torch.Tensor, n: int | None = None) -> torch.Tensor:
 class QuantizedWeight(nn.Module):
     """A weight matrix (out, in) kept as integers (int4 packed two per byte) plus per-group scales
     (float16) and zero-points (int8, asymmetric only). `dequantize()` rebuilds the float matrix."""
+
+    ints: torch.Tensor             # buffers, registered in __init__
+    scale: torch.Tensor
+    zero: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bits: int = 8, group_size: int | None = None,
                  symmetric: bool = True, scale_dtype: torch.dtype = torch.float16):
@@ -202,7 +207,7 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None,
-                    symmetric: bool = True, scale_dtype: torch.dtype = torch.float16) -> "QuantizedLinear":
+                    symmetric: bool = True, scale_dtype: torch.dtype = torch.float16) -> QuantizedLinear:
         return cls(QuantizedWeight(linear.weight, bits, group_size, symmetric, scale_dtype), linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,9 +227,9 @@ class QuantizedEmbedding(nn.Module):
 
 
 # ------------------------------------------------------------------------ a model ----
-def _weight_users(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+def _weight_users(model: nn.Module) -> list[list[tuple[str, nn.Linear | nn.Embedding]]]:
     """Linear/Embedding modules grouped by the weight they use (a tied embedding and head: one group)."""
-    groups: dict[int, list] = {}
+    groups: dict[int, list[tuple[str, nn.Linear | nn.Embedding]]] = {}
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             groups.setdefault(id(m.weight), []).append((name, m))

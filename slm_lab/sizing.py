@@ -15,8 +15,9 @@ derived sizes (kv heads, hd, F), so a pruned model (fewer heads, hd < D / H) is 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping, Union
+from typing import Any
 
 from .errors import SLMLabError
 from .model import FAMILIES as SLM_FAMILIES
@@ -164,14 +165,14 @@ def card_from_config(name: str, cfg: SLMConfig, source: str = "slm_lab") -> Mode
 
 def course_cards(vocab_size: int) -> dict[str, ModelCard]:
     """The course presets (slm_lab.train.PRESETS) as ModelCards for a tokenizer with `vocab_size` tokens."""
-    from .train import PRESETS   # train is a higher module; import on use only
+    from .train import PRESETS  # train is a higher module; import on use only
 
     return {f"course {n}": card_from_config(f"course {n}", p.model_config(vocab_size), f"slm_lab.train.PRESETS[{n!r}]")
             for n, p in PRESETS.items()}
 
 
 # ------------------------------------------------------------------ parameters ----
-Arch = Union[ModelCard, SLMConfig, Mapping]
+Arch = ModelCard | SLMConfig | Mapping
 
 
 def architecture(a: Arch) -> ModelCard:
@@ -241,7 +242,8 @@ def count_parameters(arch: Arch) -> ParameterCount:
     D, L, V = a.d_model, a.n_layer, a.vocab_size
     attn_w, attn_b, mlp_w, mlp_b = _layer_parts(a)
     norm_size = D if a.family == "llama" else D * (1 + int(a.bias))   # RMSNorm: weight; LayerNorm: weight (+ bias)
-    positions = {"gpt2": a.block_size, "opt": a.block_size + 2}.get(a.family, 0)   # OPT offsets positions by 2
+    learned: dict[str | None, int] = {"gpt2": a.block_size, "opt": a.block_size + 2}   # OPT offsets positions by 2
+    positions = learned.get(a.family, 0)
     return ParameterCount(embedding=V * D, position=positions * D, attention=L * (attn_w + attn_b),
                           mlp=L * (mlp_w + mlp_b), norm=(2 * L + 1) * norm_size, head=0 if a.tie_weights else V * D)
 
@@ -262,7 +264,8 @@ def hf_model_on_meta(c: ModelCard):
     import transformers
 
     cls = getattr(transformers, c.hf_class)
-    common = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_weights)
+    common: dict[str, Any] = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_weights)
+    cfg: transformers.PretrainedConfig
     if c.family == "gpt2":
         cfg = transformers.GPT2Config(n_embd=c.d_model, n_layer=c.n_layer, n_head=c.n_head, n_inner=c.d_ff,
                                       n_positions=c.block_size, **common)
@@ -272,7 +275,7 @@ def hf_model_on_meta(c: ModelCard):
                                      word_embed_proj_dim=c.d_model, enable_bias=c.bias, **common)
     else:
         conf_cls = transformers.Phi3Config if c.hf_class == "Phi3ForCausalLM" else transformers.LlamaConfig
-        extra = dict(head_dim=c.head_dim) if conf_cls is transformers.LlamaConfig else {}
+        extra: dict[str, Any] = dict(head_dim=c.head_dim) if conf_cls is transformers.LlamaConfig else {}
         cfg = conf_cls(hidden_size=c.d_model, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
                        num_key_value_heads=c.kv_heads, intermediate_size=c.d_ff, max_position_embeddings=c.block_size,
                        pad_token_id=None, bos_token_id=None, eos_token_id=None, **extra, **common)
@@ -297,7 +300,8 @@ def chinchilla_tokens(n_params: float) -> float:
     logs = [math.log(n) for n, _ in CHINCHILLA_TABLE]
     ratios = [t / n for n, t in CHINCHILLA_TABLE]
     x = min(max(math.log(n_params), logs[0]), logs[-1])
-    for (x0, r0), (x1, r1) in zip(zip(logs, ratios), zip(logs[1:], ratios[1:])):
+    points = list(zip(logs, ratios, strict=True))
+    for (x0, r0), (x1, r1) in zip(points, points[1:], strict=False):
         if x <= x1:
             return n_params * (r0 + (r1 - r0) * (x - x0) / (x1 - x0))
     return n_params * ratios[-1]
@@ -359,7 +363,7 @@ HARDWARE: dict[str, Hardware] = {h.name: h for h in [
 ]}
 # Model FLOPs utilisation in large training runs is typically 30-50%: OPT-175B reported 147 of A100's
 # 312 TFLOP/s per GPU (47%); we assume 40%.
-TRAINING = {"hardware": "A100 80 GB", "utilization": 0.4}
+TRAINING: dict[str, Any] = {"hardware": "A100 80 GB", "utilization": 0.4}
 
 
 def hardware(name: str | Hardware) -> Hardware:
@@ -390,7 +394,8 @@ def training_cost(n_params: float, n_tokens: float, hw: str | Hardware = TRAININ
     price = price_per_hour if price_per_hour is not None else (hw.price_per_hour or 0.0)
     flops = training_flops(n_params, n_tokens)
     hours = flops / (hw.flops * utilization) / 3600
-    return TrainingCost(flops, hours, hours * price, f"{hw.name} at {utilization:.0%} of {hw.flops / 1e12:g} TFLOP/s, ${price:g}/h")
+    return TrainingCost(flops, hours, hours * price,
+                        f"{hw.name} at {utilization:.0%} of {hw.flops / 1e12:g} TFLOP/s, ${price:g}/h")
 
 
 def memory_needed(arch: Arch, dtype: str = "bf16", context: int = 0, batch: int = 1) -> float:
@@ -422,6 +427,7 @@ def claims() -> list[Claim]:
     gpt3, opt = card("GPT-3 175B"), card("OPT-175B")
     n3, n_opt = count_parameters(gpt3).total, count_parameters(opt).total
     a100 = HARDWARE["A100 80 GB"]
+    assert gpt3.train_tokens and opt.train_tokens and a100.price   # stated in the registry (for the type checker)
     # OPT paper: 180B tokens, 992 A100 80GB, up to 147 TFLOP/s per GPU achieved.
     opt_days = training_flops(n_opt, opt.train_tokens) / (992 * 147e12) / 86400
     # GPT-4: only rumours (SemiAnalysis, Jul 2023): mixture of experts, ~280B parameters active per token,

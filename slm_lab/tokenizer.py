@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import regex
 
@@ -56,21 +56,21 @@ class CharTokenizer:
         return {"type": self.kind, "chars": "".join(self.chars)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CharTokenizer":
+    def from_dict(cls, d: dict) -> CharTokenizer:
         return cls(chars=list(d["chars"]))
 
     def save(self, path: str | Path) -> None:
         _save_json(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
+    def load(cls, path: str | Path) -> CharTokenizer:
         return cls.from_dict(_load_json(path))
 
 
 def get_pair_counts(ids: list[int], counts: Counter | None = None, weight: int = 1) -> Counter:
     """How often each adjacent pair occurs: [1, 2, 1, 2] → {(1, 2): 2, (2, 1): 1}."""
     counts = Counter() if counts is None else counts
-    for pair in zip(ids, ids[1:]):
+    for pair in zip(ids, ids[1:], strict=False):
         counts[pair] += weight
     return counts
 
@@ -92,7 +92,7 @@ def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int
     """Encode byte ids with learned merges {(a, b): new_id}: apply the earliest-learned merge present
     (the lowest new id), exactly as training did, until none applies."""
     while len(ids) > 1:
-        pair = min(zip(ids, ids[1:]), key=lambda p: merges.get(p, float("inf")))
+        pair = min(zip(ids, ids[1:], strict=False), key=lambda p: merges.get(p, float("inf")))
         if pair not in merges:
             break
         ids = merge(ids, pair, merges[pair])
@@ -117,7 +117,7 @@ class BPETokenizer:
     def _chunks(self, text: str) -> list[str]:
         return regex.findall(self.pattern, text) if self.pattern else [text]
 
-    def train(self, text: str, vocab_size: int, verbose: bool = False) -> "BPETokenizer":
+    def train(self, text: str, vocab_size: int, verbose: bool = False) -> BPETokenizer:
         """Learn vocab_size - 256 merges. Each distinct chunk is processed once, weighted by its count."""
         if vocab_size < 256:
             raise SLMLabError(f"vocab_size={vocab_size} is below the 256 byte tokens; choose 256 or more.")
@@ -128,7 +128,7 @@ class BPETokenizer:
         where: dict[tuple[int, int], set[int]] = defaultdict(set)   # pair → chunks containing it
         for w, ids in enumerate(seqs):
             get_pair_counts(ids, counts, freq[w])
-            for pair in zip(ids, ids[1:]):
+            for pair in zip(ids, ids[1:], strict=False):
                 where[pair].add(w)
         self.merges, self.vocab = {}, {i: bytes([i]) for i in range(256)}
         for new_id in range(256, vocab_size):
@@ -144,7 +144,7 @@ class BPETokenizer:
                 get_pair_counts(old, counts, -freq[w])              # take the chunk's old pairs out
                 seqs[w] = new = merge(old, pair, new_id)
                 get_pair_counts(new, counts, freq[w])               # and put its new pairs in
-                for p in zip(new, new[1:]):
+                for p in zip(new, new[1:], strict=False):
                     where[p].add(w)
             counts = +counts                                        # drop pairs whose count reached 0
             self.merges[pair] = new_id
@@ -170,7 +170,8 @@ class BPETokenizer:
         try:
             data = b"".join(self.vocab[i] for i in _ids(ids))
         except KeyError as exc:
-            raise SLMLabError(f"token id {exc.args[0]} is not in this tokenizer's vocabulary of {self.vocab_size}.") from None
+            raise SLMLabError(f"token id {exc.args[0]} is not in this tokenizer's vocabulary of "
+                              f"{self.vocab_size}.") from None
         try:
             return data.decode(**UTF8)
         except UnicodeDecodeError:   # ids that split a character (e.g. one sampled token): show U+FFFD
@@ -180,7 +181,7 @@ class BPETokenizer:
         return {"type": self.kind, "pattern": self.pattern, "merges": [[a, b] for (a, b) in self.merges]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BPETokenizer":
+    def from_dict(cls, d: dict) -> BPETokenizer:
         tok = cls(d.get("pattern", GPT2_SPLIT))
         for new_id, (a, b) in enumerate(d["merges"], start=256):
             tok.merges[(a, b)] = new_id
@@ -191,7 +192,7 @@ class BPETokenizer:
         _save_json(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
+    def load(cls, path: str | Path) -> BPETokenizer:
         return cls.from_dict(_load_json(path))
 
 
@@ -203,7 +204,7 @@ class HFBPETokenizer:
     def __init__(self, tokenizer=None):
         self.tk = tokenizer
 
-    def train(self, text: str, vocab_size: int, chunk_chars: int = 10_000) -> "HFBPETokenizer":
+    def train(self, text: str, vocab_size: int, chunk_chars: int = 10_000) -> HFBPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tk = Tokenizer(models.BPE())
@@ -229,7 +230,7 @@ class HFBPETokenizer:
         return {"type": self.kind, "tokenizer": json.loads(self.tk.to_str())}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HFBPETokenizer":
+    def from_dict(cls, d: dict) -> HFBPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_str(json.dumps(d["tokenizer"])))
@@ -238,20 +239,21 @@ class HFBPETokenizer:
         _save_json(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "HFBPETokenizer":
+    def load(cls, path: str | Path) -> HFBPETokenizer:
         return cls.from_dict(_load_json(path))
 
 
-KINDS = {c.kind: c for c in (CharTokenizer, BPETokenizer, HFBPETokenizer)}
+Tokenizer = CharTokenizer | BPETokenizer | HFBPETokenizer   # any course tokenizer
+KINDS: dict[str, type[Tokenizer]] = {c.kind: c for c in (CharTokenizer, BPETokenizer, HFBPETokenizer)}
 
 
-def tokenizer_from_dict(d: dict):
+def tokenizer_from_dict(d: dict) -> Tokenizer:
     if d.get("type") not in KINDS:
         raise SLMLabError(f"tokenizer type {d.get('type')!r} is unknown; expected one of {sorted(KINDS)}.")
     return KINDS[d["type"]].from_dict(d)
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load any course tokenizer saved with `.save(path)`."""
     return tokenizer_from_dict(_load_json(path))
 

@@ -12,9 +12,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -79,7 +79,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: norms, biases (1-D) are not decayed."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -115,7 +116,7 @@ class _DeferredInterrupt:
     (a worker thread) Ctrl-C behaves as usual.
     """
 
-    def __enter__(self) -> "_DeferredInterrupt":
+    def __enter__(self) -> _DeferredInterrupt:
         self.requested = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -158,7 +159,7 @@ def _resume(out_dir, model: SLM, optimizer, cfg: TrainConfig) -> tuple[History, 
     return History(**state["history"]), int(state["step"])
 
 
-def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig, *,
+def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor | None, cfg: TrainConfig, *,
           out_dir: str | Path | None = None, resume: bool = False, tokenizer=None, meta: dict | None = None,
           progress: bool = True, callback: Callable[[History], None] | None = None,
           val_batches: list | None = None,
@@ -181,6 +182,8 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Tra
     if resume:
         history, start = _resume(out_dir, model, optimizer, cfg)
     if val_batches is None:
+        if val_data is None:
+            raise SLMLabError("train() needs val_data or val_batches to validate on; pass one of them.")
         val_batches = fixed_batches(val_data, block, cfg.eval_batch_size, cfg.eval_batches, seed=cfg.seed)
 
     def save(done: int) -> None:

@@ -11,7 +11,8 @@ In Jupyter a failed check shows just its line, not a traceback (`_render_traceba
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import torch
 
@@ -25,7 +26,7 @@ class CheckFailed(AssertionError):
         return [f"❌ {self}"]
 
 
-def fail(message: str):
+def fail(message: str) -> NoReturn:
     raise CheckFailed(message)
 
 

@@ -7,7 +7,7 @@ from ..sizing import weight_bytes
 from . import fail, passed
 
 # check id → (what is asked, expected value, relative tolerance, {wrong value: diagnosis})
-ANSWERS = {
+ANSWERS: dict[str, tuple[str, float, float, dict[float, str]]] = {
     "00.fp16_memory": (
         "memory for the weights of a 7-billion-parameter model in fp16, in GB (10^9 bytes)", 14.0, 0.01,
         {112.0: "that is bits — fp16 is 16 bits = 2 bytes per parameter",

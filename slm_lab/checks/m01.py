@@ -36,7 +36,8 @@ def check_pair_counts(get_pair_counts) -> None:
                 fail(f"{what}({ids[:8]}{'…' if len(ids) > 8 else ''}) misses the pair {missing[0]} — "
                      "count every adjacent pair, including the last one (zip(ids, ids[1:])).")
             wrong = next(p for p in got if got[p] != ref.get(p))
-            fail(f"{what} counts {wrong} {got[wrong]} times, expected {ref.get(wrong, 0)} in {ids[:12]}{'…' if len(ids) > 12 else ''}.")
+            fail(f"{what} counts {wrong} {got[wrong]} times, expected {ref.get(wrong, 0)} in "
+                 f"{ids[:12]}{'…' if len(ids) > 12 else ''}.")
     passed("pair counts")
 
 
@@ -58,7 +59,8 @@ def check_merge(merge) -> None:
                 hint = " — pairs do not overlap: after a merge, skip both merged ids"
             elif ids and tuple(ids[-2:]) == pair:
                 hint = " — the pair at the very end must be merged too"
-            fail(f"{what}({ids[:10]}{'…' if len(ids) > 10 else ''}, {pair}, {new_id}) returned {got if isinstance(got, list) else type(got).__name__}, expected {ref}{hint}.")
+            fail(f"{what}({ids[:10]}{'…' if len(ids) > 10 else ''}, {pair}, {new_id}) returned "
+                 f"{got if isinstance(got, list) else type(got).__name__}, expected {ref}{hint}.")
     passed("merge")
 
 
@@ -71,7 +73,8 @@ def check_train_bpe(train_bpe) -> None:
     if len(merges) != 20:
         fail(f"{what}(text, vocab_size=276) learned {len(merges)} merges, expected 276 - 256 = 20.")
     if list(merges.values()) != list(range(256, 276)):
-        fail(f"{what}: new ids should be 256, 257, … in the order the merges were learned, got {list(merges.values())[:5]}….")
+        fail(f"{what}: new ids should be 256, 257, … in the order the merges were learned, "
+             f"got {list(merges.values())[:5]}….")
     ids = list(SAMPLE.encode("utf-8"))
     for step, (pair, new_id) in enumerate(merges.items()):
         counts = package.get_pair_counts(ids)

@@ -50,7 +50,8 @@ def _mistake_interleaved(x, cos, sin):
 
 
 def _close(a, b, atol=1e-5):
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4)
+    return (isinstance(a, torch.Tensor) and a.shape == b.shape
+            and torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4))
 
 
 def _qkv(B=2, H=3, T=7, hd=16, seed=0, scale=1.0):
@@ -70,7 +71,8 @@ def check_attention(causal_attention) -> None:
     out = call(causal_attention, q, k, v, what=what)
     expect_tensor(out, what=what, shape=q.shape, dtype=torch.float32)
     if torch.isnan(out[..., 0, :]).any():
-        fail(f"{what}: position 0 returned NaN — every token must attend at least to itself; the mask is off by one (use tril, keep the diagonal).")
+        fail(f"{what}: position 0 returned NaN — every token must attend at least to itself; "
+             "the mask is off by one (use tril, keep the diagonal).")
     # Changing keys/values after position 3 must not change outputs at positions 0..3.
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 4:] += 5.0
@@ -79,11 +81,13 @@ def check_attention(causal_attention) -> None:
     changed = (out2[:, :, :4] - out[:, :, :4]).abs().amax(dim=(0, 1, 3))
     if (changed > 1e-5).any():
         t = int((changed > 1e-5).nonzero()[0])
-        fail(f"{what}: future positions visible — the output at position {t} changed when only later keys/values changed; mask scores above the diagonal with -inf.")
+        fail(f"{what}: future positions visible — the output at position {t} changed when only later keys/values "
+             "changed; mask scores above the diagonal with -inf.")
     ones = torch.ones_like(v)
     avg = call(causal_attention, q, k, ones, what=what)
     if not torch.allclose(avg, ones, atol=1e-5):
-        fail(f"{what}: attention weights are not normalised — with v = 1 the output should be all ones; take the softmax over the last dimension (the keys).")
+        fail(f"{what}: attention weights are not normalised — with v = 1 the output should be all ones; "
+             "take the softmax over the last dimension (the keys).")
     if not _close(out, ref):
         if _close(out, unscaled):
             fail(f"{what}: missing the 1/sqrt(head_dim) scaling of the scores.")
@@ -115,7 +119,7 @@ def check_rmsnorm(RMSNorm) -> None:
     if not torch.allclose(w.detach(), torch.ones(16)):
         fail(f"{what}: initialise `weight` to ones so the layer starts as a pure normalisation.")
     with torch.no_grad():
-        norm.weight.copy_(weight)
+        w.copy_(weight)                  # w is norm.weight, checked above
     out = call(norm, x, what=what)
     expect_tensor(out, what=what, shape=x.shape)
     if not _close(out, ref, atol=1e-4):
@@ -123,7 +127,8 @@ def check_rmsnorm(RMSNorm) -> None:
             fail(f"{what}: you subtracted the mean — that is LayerNorm; RMSNorm only divides by the root mean square.")
         if _close(out, unweighted, atol=1e-4):
             fail(f"{what}: the output is not multiplied by `weight`.")
-        expect_close(out, ref, what=what, atol=1e-4, hint="normalise over the last dimension: x / sqrt(mean(x²) + eps) · weight")
+        expect_close(out, ref, what=what, atol=1e-4,
+                     hint="normalise over the last dimension: x / sqrt(mean(x²) + eps) · weight")
     zero = call(norm, torch.zeros(2, 16), what=what)
     if not torch.isfinite(zero).all():
         fail(f"{what}: an all-zero input gives NaN — add eps inside the square root.")
@@ -151,7 +156,8 @@ def check_rope(apply_rope) -> None:
         fail(f"{what}: vector lengths changed — a rotation uses cos and sin of the same angle and preserves length.")
     if not _close(out, ref, atol=1e-4):
         if _close(out, interleaved, atol=1e-4):
-            fail(f"{what}: rotates adjacent pairs (x0, x1), (x2, x3)… — the course (like HF Llama) pairs x_i with x_(i + hd/2), the two halves.")
+            fail(f"{what}: rotates adjacent pairs (x0, x1), (x2, x3)… — the course (like HF Llama) pairs x_i with "
+                 "x_(i + hd/2), the two halves.")
         if _close(out, backwards, atol=1e-4):
             fail(f"{what}: rotates the wrong way — rotate_half(x) is cat(-x2, x1), not cat(x2, -x1).")
         expect_close(out, ref, what=what, atol=1e-4,
@@ -200,7 +206,7 @@ def check_train_step(train_step) -> None:
     if all(torch.equal(before[k], v) for k, v in ours.state_dict().items()):
         fail(f"{what}: the parameters did not change — call optimizer.step() after loss.backward().")
     call(train_step, ours, opt_ours, x2, y2, what=what)
-    if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), ref.parameters())):
+    if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), ref.parameters(), strict=True)):
         # Which mistake? Replay the alternatives from the same start.
         alt = _tiny_model()
         alt_opt = torch.optim.SGD(alt.parameters(), lr=1.0)
@@ -208,8 +214,9 @@ def check_train_step(train_step) -> None:
             alt(xb, yb).loss.backward()
             alt_opt.step()                                            # no clipping
             alt_opt.zero_grad()
-        if all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), alt.parameters())):
-            fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before the step.")
+        if all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), alt.parameters(), strict=True)):
+            fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) "
+                 "before the step.")
         fail(f"{what}: after two steps the weights differ from the reference — zero the gradients every step "
              "(optimizer.zero_grad()) and clip them to norm 1.0 before optimizer.step().")
     passed("train_step", "loss, update, zero_grad, clipping")

@@ -8,6 +8,7 @@ and `slm_lab.sizing.kv_cache_bytes`, FLOPs from `slm_lab.sizing.training_flops`,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -18,13 +19,13 @@ from . import CheckFailed, call, fail, passed
 # Configs the student's count_params(config) receives: the course's SLMConfig keys.
 _KEYS = ("family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "bias",
          "tie_weights")
-PARAM_CONFIGS = {
+_ROWS = {
     "GPT-2 124M": ("gpt2", 50257, 1024, 12, 12, 12, 768, 3072, True, True),
     "SmolLM2-135M": ("llama", 49152, 8192, 30, 9, 3, 576, 1536, False, True),
     "Llama-3-8B": ("llama", 128256, 8192, 32, 32, 8, 4096, 14336, False, False),
     "a Llama-style model with biases": ("llama", 1000, 256, 3, 8, 2, 256, 704, True, False),
 }
-PARAM_CONFIGS = {k: dict(zip(_KEYS, v)) for k, v in PARAM_CONFIGS.items()}
+PARAM_CONFIGS: dict[str, dict[str, Any]] = {k: dict(zip(_KEYS, v, strict=True)) for k, v in _ROWS.items()}
 
 
 def reference_count(config: dict) -> int:

@@ -77,7 +77,7 @@ def _loss_value(fn, s, t, y, temp, alpha, what, nan_hint=NAN_HINT):
     return out.detach().double().item()
 
 
-def _close(a: float, b: float) -> bool:
+def _close(a: float, b: float | torch.Tensor) -> bool:
     return math.isclose(a, float(b), rel_tol=1e-4, abs_tol=1e-6)
 
 
@@ -120,7 +120,8 @@ def check_distillation_loss(distillation_loss) -> None:
         got = _loss_value(distillation_loss, s, t, y, temp, alpha, f"{what} (T={temp}, alpha={alpha})")
         if not _close(got, expected):
             if _close(got, swapped):
-                fail(f"{what}: alpha weights the soft (teacher) term and 1 − alpha the hard cross-entropy, not the other way round.")
+                fail(f"{what}: alpha weights the soft (teacher) term and 1 − alpha the hard cross-entropy, "
+                     "not the other way round.")
             if any(_close(got, value) for value in fixed):
                 fail(f"{what}: use the temperature and alpha arguments instead of fixed values.")
             fail(f"{what} with T={temp}, alpha={alpha} gives {got:.4f}, expected {expected:.4f} — "
@@ -159,7 +160,7 @@ def _ref_step(student, teacher, opt, x, y, temp, alpha, clip=True):
 
 
 def _same(a, b) -> bool:
-    return all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.parameters(), b.parameters()))
+    return all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def check_distill_step(distill_step) -> None:
@@ -204,7 +205,8 @@ def check_distill_step(distill_step) -> None:
         for xb, yb in batches:
             _ref_step(alt, alt_teacher, alt_opt, xb, yb, temp, alpha, clip=False)
         if _same(student, alt):
-            fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0) before the step.")
+            fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0) "
+                 "before the step.")
         fail(f"{what}: after two steps the student differs from the reference — zero its gradients every step, "
              "clip them to norm 1.0, then optimizer.step().")
     passed("distill_step", "teacher frozen, loss, update, zero_grad, clipping")

@@ -58,7 +58,8 @@ def _scale_shape(scale, rows, cols, what, expected):
     if scale.numel() == 1:
         fail(f"{what}: one scale for the whole tensor — per-channel quantization needs one per row, shape {expected}.")
     if shape == (rows,):
-        fail(f"{what}: scale has shape {shape}; keep the reduced dimension (keepdim=True) so it is {expected} and broadcasts against w.")
+        fail(f"{what}: scale has shape {shape}; keep the reduced dimension (keepdim=True) so it is {expected} "
+             "and broadcasts against w.")
     fail(f"{what}: scale has shape {shape}, expected {expected}.")
 
 
@@ -92,7 +93,8 @@ def check_absmax(absmax_quantize, dequantize) -> None:
         fail(f"{what}: q has dtype {q.dtype}; store the integers as torch.int8 (one byte each).")
     if not torch.allclose(scale.double(), ref_scale.double(), rtol=1e-5):
         if torch.allclose(scale.double(), ref_scale.double() * 127 / 128, rtol=1e-5):       # max|w| / 128
-            fail(f"{what}: scale = max|w| / 128 lets max|w| round to +128, which int8 cannot hold; divide by 2^(bits-1) - 1 = 127.")
+            fail(f"{what}: scale = max|w| / 128 lets max|w| round to +128, which int8 cannot hold; "
+                 "divide by 2^(bits-1) - 1 = 127.")
         expect_close(scale, ref_scale, what=f"{what} (scale)", rtol=1e-5, atol=0,
                      hint="scale = max|w| over the row / (2^(bits-1) - 1)")
     if not torch.equal(q, ref_q):
@@ -115,7 +117,8 @@ def check_absmax(absmax_quantize, dequantize) -> None:
     q0, s0 = _tuple(call(absmax_quantize, w0, what=what), 2, what, "q, scale")
     w0_hat = call(dequantize, q0, s0, what="dequantize")
     if not torch.isfinite(w0_hat).all() or not torch.isfinite(s0).all() or (s0 == 0).any():
-        fail(f"{what}: an all-zero row (a pruned neuron) gives a zero scale and NaN — guard it, e.g. scale.clamp(min=1e-12).")
+        fail(f"{what}: an all-zero row (a pruned neuron) gives a zero scale and NaN — guard it, "
+             "e.g. scale.clamp(min=1e-12).")
     if w0_hat[3].abs().max() > 0:
         fail(f"{what}: an all-zero row should come back as zeros.")
     passed("absmax int8", "per-row scale, rounding, error ≤ scale/2, bits, zero rows")
@@ -151,7 +154,8 @@ def check_zeropoint(zeropoint_quantize, dequantize) -> None:
         expect_close(zero.double(), ref_zero.double(), what=f"{what} (zero)", atol=0.5,
                      hint="zero = qmin − round(min / scale)")
     if not torch.equal(q, ref_q):
-        fail(f"{what}: {int((q != ref_q).sum())} of {q.numel()} integers differ from clamp(round(w / scale) + zero, -128, 127).")
+        fail(f"{what}: {int((q != ref_q).sum())} of {q.numel()} integers differ from "
+             "clamp(round(w / scale) + zero, -128, 127).")
     w_hat = call(dequantize, q, scale, zero, what="dequantize")
     if not torch.allclose(w_hat.double(), ref_w_hat.double(), atol=1e-7):
         if torch.allclose(w_hat.double(), plus_zero.double(), atol=1e-7):
@@ -160,7 +164,8 @@ def check_zeropoint(zeropoint_quantize, dequantize) -> None:
     _within_half_step(w, w_hat, ref_scale, what, ".")
     q4, s4, z4 = _tuple(call(zeropoint_quantize, w.clone(), bits=4, what=f"{what}(w, bits=4)"), 3, what, "q, scale, zero")
     if q4.min() < qmin4 or q4.max() > qmax4:
-        fail(f"{what}(w, bits=4): int4 values outside [-8, 7] (got [{int(q4.min())}, {int(q4.max())}]) — use the bits argument: qmin = -2^(bits-1), qmax = 2^(bits-1) - 1.")
+        fail(f"{what}(w, bits=4): int4 values outside [-8, 7] (got [{int(q4.min())}, {int(q4.max())}]) — "
+             "use the bits argument: qmin = -2^(bits-1), qmax = 2^(bits-1) - 1.")
     passed("zero-point int8", "scale, zero-point, dequantize, error ≤ scale/2")
 
 
@@ -180,7 +185,8 @@ def check_int4_groups(quantize_int4_groups) -> None:
     expect_tensor(scale, what=f"{what} (scale)")
     if tuple(scale.shape) != (rows, cols // 32):
         if tuple(scale.shape) in ((rows * cols // 32, 1), (rows * cols // 32,)):
-            fail(f"{what}: scale has shape {tuple(scale.shape)}; reshape it to (rows, cols // group_size) = {(rows, cols // 32)}.")
+            fail(f"{what}: scale has shape {tuple(scale.shape)}; reshape it to (rows, cols // group_size) = "
+                 f"{(rows, cols // 32)}.")
         if tuple(scale.shape) in ((rows, 32), (1, cols), (cols // 32, rows)):
             fail(f"{what}: groups run along the wrong axis — each group is group_size neighbouring inputs "
                  f"within one row, so scale should be {(rows, cols // 32)}.")
@@ -199,7 +205,8 @@ def check_int4_groups(quantize_int4_groups) -> None:
                       ref_scale.repeat_interleave(32, 1), what, ".")
     q2, s2, _ = _tuple(call(quantize_int4_groups, w.clone(), 64, what=what), 3, what, "q, scale, zero")
     if tuple(s2.shape) != (rows, 2):
-        fail(f"{what}(w, group_size=64): use the group_size argument — expected scale of shape {(rows, 2)}, got {tuple(s2.shape)}.")
+        fail(f"{what}(w, group_size=64): use the group_size argument — expected scale of shape {(rows, 2)}, "
+             f"got {tuple(s2.shape)}.")
     passed("int4 group-wise", "range [-8, 7], groups along rows, zero-points, error ≤ scale/2")
 
 
@@ -231,7 +238,8 @@ def check_pack(pack_int4, unpack_int4) -> None:
         if torch.equal(back.to(torch.int16), read_backwards.to(torch.int16)):
             fail("unpack_int4: nibble order — the low 4 bits are column 2j, the high 4 bits column 2j+1.")
         i, j = (int(v) for v in (back.to(torch.int16) != q.to(torch.int16)).nonzero()[0])
-        fail(f"unpack_int4: the round trip is not exact — value {int(q[i, j])} at ({i}, {j}) came back as {int(back[i, j])}.")
+        fail(f"unpack_int4: the round trip is not exact — value {int(q[i, j])} at ({i}, {j}) came back as "
+             f"{int(back[i, j])}.")
     if back.dtype != torch.int8:
         fail(f"unpack_int4 returned dtype {back.dtype}; return the integers as torch.int8.")
     passed("int4 packing", "all 16 values, nibble order, sign")

@@ -157,7 +157,8 @@ def _small_model(family: str = "llama"):
 
 
 def _has_adapter(module) -> bool:
-    return isinstance(getattr(module, "lora_A", None), nn.Parameter) and isinstance(getattr(module, "lora_B", None), nn.Parameter)
+    return (isinstance(getattr(module, "lora_A", None), nn.Parameter)
+            and isinstance(getattr(module, "lora_B", None), nn.Parameter))
 
 
 def check_inject(inject_lora) -> None:

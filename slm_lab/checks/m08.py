@@ -32,7 +32,7 @@ def reference_model():
     model = SLM(SLMConfig(family="llama", vocab_size=_VOCAB, block_size=_BLOCK, n_layer=2, n_head=4, n_kv_head=2,
                           d_model=32)).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:                  # std 1/sqrt(fan_in) · 2.5: sharp, context-dependent predictions
                 p.normal_(0.0, 2.5 / math.sqrt(p.shape[1]))
     path = Path(tempfile.mkdtemp(prefix="slm_lab_m08_")) / "model.onnx"
@@ -43,7 +43,7 @@ def reference_model():
 class RecordingSession:
     """Wraps an ONNX Runtime session; remembers (new tokens, past length) of every run() call."""
 
-    def __init__(self, session):
+    def __init__(self, session) -> None:
         self._session = session
         self.calls: list[tuple[int, int]] = []
 
@@ -117,7 +117,7 @@ def check_greedy_decode(greedy_generate) -> None:
         if out[:len(prompt)] != list(prompt):
             fail(f"{what}: the returned ids do not start with the prompt.")
         if out != ref:
-            i = next(i for i, (a, b) in enumerate(zip(out, ref)) if a != b)
+            i = next(i for i, (a, b) in enumerate(zip(out, ref, strict=True)) if a != b)
             fail(f"{what}: token {i} is {out[i]}, PyTorch's greedy decoding gives {ref[i]} — take the argmax of the "
                  "logits at the last position (logits[0, -1]).")
     passed("ONNX Runtime greedy decoding", "prefill + one token per step with the KV cache; tokens equal PyTorch's")
@@ -131,7 +131,7 @@ def _ref_report(measurements: dict, baseline: str) -> dict:
         rows[name] = {"size_mb": m["file_bytes"] / 1e6,
                       "prefill_ms": statistics.median(m["prefill_seconds"]) * 1e3,
                       "tokens_per_s": m["new_tokens"] / statistics.median(m["decode_seconds"])}
-    for row, m in zip(rows.values(), measurements.values()):
+    for row, m in zip(rows.values(), measurements.values(), strict=True):
         row["speedup"] = row["tokens_per_s"] / rows[baseline]["tokens_per_s"]
         row["size_ratio"] = m["file_bytes"] / measurements[baseline]["file_bytes"]
     return rows

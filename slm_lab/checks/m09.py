@@ -151,7 +151,8 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
     bq, bk = multi
     out, lse = run(q, k, v, False, bq, bk)
     if torch.isnan(out).any():
-        fail(f"{what}: NaN with several key tiles (block_q={bq}, block_k={bk}) — check the tile bounds of the last, shorter tile.")
+        fail(f"{what}: NaN with several key tiles (block_q={bq}, block_k={bk}) — "
+             "check the tile bounds of the last, shorter tile.")
     if not _close(out, ref_out, atol):
         if _close(out, _mistake_tiled(q, k, v, False, bq, bk, rescale_acc=False), atol):
             fail(f"{what}: the accumulator is not rescaled — when the running max grows from m to m_new, "

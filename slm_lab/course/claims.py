@@ -25,6 +25,10 @@ _NAMING = re.compile(r"(?:module|modules|lab|labs|notebook|notebooks|deck|sectio
                      r"figure|table|row|column|item|question|task|exercise|issue|Python|version|v)\s*$", re.I)
 
 
+_BYTES = {"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2.0**10, "MiB": 2.0**20, "GiB": 2.0**30}
+_BYTE_UNIT = re.compile(r"\s?(kB|KB|MB|GB|TB|KiB|MiB|GiB)\b")
+
+
 @dataclass(frozen=True)
 class Figure:
     text: str          # as written, e.g. "2.3×" or "814,720"
@@ -32,13 +36,22 @@ class Figure:
     tolerance: float   # half a unit in the last written digit, scaled
     percent: bool
     context: str       # the words around it, for the failure message
+    unit: float = 1.0  # bytes per unit when a byte unit follows ("3.26 MB" may be backed by 3,258,880 bytes)
+
+
+_SCIENTIFIC = re.compile(r"(\d+(?:\.\d+)?)\s*\\(?:times|cdot)\s*10\^\{?(-?\d+)\}?")
+
+
+def _math_figures(math_text: str) -> str:
+    """Keep the figures written as a × 10^b inside a formula (as 'aeb'); the rest of the formula is not prose."""
+    return " " + " ".join(f"{a}e{b}" for a, b in _SCIENTIFIC.findall(math_text)) + " "
 
 
 def _strip_markup(md: str) -> str:
     md = re.sub(r"```.*?```", " ", md, flags=re.S)                 # code blocks
     md = re.sub(r"`[^`\n]*`", " ", md)                             # inline code
-    md = re.sub(r"\$\$.*?\$\$", " ", md, flags=re.S)               # display math
-    md = re.sub(r"(?<!\\)\$[^$\n]+\$", " ", md)                    # inline math
+    md = re.sub(r"\$\$.*?\$\$", lambda m: _math_figures(m.group(0)), md, flags=re.S)   # display math
+    md = re.sub(r"(?<!\\)\$[^$\n]+\$", lambda m: _math_figures(m.group(0)), md)        # inline math
     md = re.sub(r"\]\([^)]*\)", "]", md)                           # link targets
     md = re.sub(r"https?://\S+", " ", md)                          # bare URLs
     md = re.sub(r"<[^>]+>", " ", md)                               # HTML tags
@@ -68,7 +81,8 @@ def numbers_in_prose(markdown: str, min_integer: int = 12) -> list[Figure]:
     for m in NUMBER.finditer(text):
         digits, suffix, pct = m.group(1), m.group(2) or "", bool(m.group(3))
         before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
-        word = re.search(r"[\w.\-+]*$", before).group(0)
+        word_match = re.search(r"[\w.\-+]*$", before)
+        word = word_match.group(0) if word_match else ""
         if re.search(r"[A-Za-z]", word):
             continue                                               # part of a name: GPT-2, Llama-3-8B, int8, H100
         if re.match(r"-[A-Za-z]", after) or re.match(r"[A-Za-z]", after) and not suffix:
@@ -82,7 +96,8 @@ def numbers_in_prose(markdown: str, min_integer: int = 12) -> list[Figure]:
             continue                                               # small counts and years
         tol = _tolerance(digits) * _SCALE.get(suffix, 1.0)
         context = re.sub(r"\s+", " ", (before[-30:] + "⟨" + m.group(0) + "⟩" + after[:30])).strip()
-        out.append(Figure(m.group(0), value, tol, bool(pct), context))
+        unit = _BYTE_UNIT.match(after)
+        out.append(Figure(m.group(0), value, tol, bool(pct), context, _BYTES[unit.group(1)] if unit else 1.0))
     return out
 
 
@@ -131,6 +146,8 @@ class Sources:
     def backs(self, fig: Figure) -> bool:
         """Does a source value round to the figure? Percents may be written from fractions and vice versa."""
         candidates = [(fig.value, fig.tolerance)]
+        if fig.unit != 1.0:
+            candidates.append((fig.value * fig.unit, fig.tolerance * fig.unit))
         if fig.percent:
             candidates.append((fig.value / 100, fig.tolerance / 100))
         return any(self._near(v, t) for v, t in candidates)
@@ -190,6 +207,14 @@ LITERATURE: list[tuple[float, str]] = [
     (70e9, "Chinchilla has 70B parameters (Hoffmann et al., 2022)"),
     (1_115_394, "tiny-shakespeare's input.txt is 1,115,394 bytes (Karpathy's char-rnn)"),
     (50257, "GPT-2's vocabulary has 50,257 tokens (Radford et al., 2019)"),
+    # Number formats: definitions, not measurements.
+    (23, "float32 has 23 mantissa bits (IEEE 754 binary32)"),
+    (127, "int8 spans -128…127 (two's complement, 8 bits)"),
+    (128, "int8 spans -128…127 (two's complement, 8 bits)"),
+    (255, "a byte holds 0…255: byte-level BPE's first 256 ids (minbpe, GPT-2's byte-level BPE)"),
+    (256, "byte-level BPE: 256 byte ids, so merge i gets id 256 + i (minbpe)"),
+    (257, "byte-level BPE: the second merge gets id 257 (minbpe)"),
+    (258, "byte-level BPE: the third merge gets id 258 (minbpe)"),
 ]
 
 
@@ -236,12 +261,13 @@ def check_notebook(path: Path, root: Path, literature: list[float] | None = None
 
 
 def check_slides(path: Path, root: Path, literature: list[float] | None = None) -> Report:
-    """A deck against its module's lecture and lab (outputs and code), the results files, the literature."""
+    """A deck against the lectures and labs of its module and the ones before (outputs and code: a deck is
+    shown after its module), the results files and the literature."""
     module = path.name[:2]
     values = (literature if literature is not None else literature_sources()) + \
         results_sources(sorted((root / "benchmarks" / "results").glob("*.json")))
     for nb_path in course_notebooks(root):
-        if nb_path.name.startswith(module):
+        if nb_path.name[:2] <= module:
             values += notebook_sources(_read(nb_path))
     pool = Sources(values)
     figures = numbers_in_prose(path.read_text(encoding="utf-8"))

@@ -26,7 +26,8 @@ def run(args) -> int:
     for path in written.values():
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if fmt == "onnx":
-        print(f"run it: python -c \"from slm_lab.onnx_runtime import OnnxLM; print(OnnxLM('{written['onnx']}').generate([0], 20))\"")
+        print("run it: python -c \"from slm_lab.onnx_runtime import OnnxLM; "
+              f"print(OnnxLM('{written['onnx']}').generate([0], 20))\"")
     return 0
 
 

@@ -146,7 +146,8 @@ def _kill_group(pid: int | None) -> None:
 
 def _from_junit(xml: Path) -> tuple[set, list]:
     """(code indices of passed items, [(code index, nbval's headline of a failure)]) from its junit report."""
-    passed, problems = set(), []
+    passed: set[int] = set()
+    problems: list[tuple[int, str]] = []
     try:
         cases = list(ET.parse(xml).getroot().iter("testcase"))
     except ET.ParseError:

@@ -31,7 +31,7 @@ class KernelDied(RuntimeError):
 
 
 # Read once and removed, so the kernel (started later, with this environment) is not handed the log's path.
-_LOG_PATH = os.environ.pop(LOG_ENV, None)
+_LOG_PATH = os.environ.pop(LOG_ENV, "")
 
 
 def _log(event: dict) -> None:

@@ -37,7 +37,8 @@ def remove_legacy(venv: Path | None = None) -> str:
     except (ValueError, KeyError, IndexError):
         return f"left {spec.parent} alone: its kernel.json is unreadable."
     if venv not in python.parents:
-        return f"note: a per-user `{KERNEL_NAME}` kernel from another environment ({python}) exists; this clone uses its own."
+        return (f"note: a per-user `{KERNEL_NAME}` kernel from another environment ({python}) exists; "
+                "this clone uses its own.")
     shutil.rmtree(spec.parent)
     return f"removed the old per-user `{KERNEL_NAME}` kernel ({spec.parent}); this clone's kernel is in {venv}."
 

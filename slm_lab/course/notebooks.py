@@ -68,7 +68,7 @@ def from_percent(text: str, relpath: str | Path, extras: str = ""):
                         "language_info": {"name": "python"}})
     parts = _CELL.split(text)
     cells = []
-    for header, body in zip(parts[1::2], parts[2::2]):
+    for header, body in zip(parts[1::2], parts[2::2], strict=True):
         body = body.strip("\n")
         header = header.strip()
         if header.startswith("[markdown]"):
@@ -92,6 +92,8 @@ def from_percent(text: str, relpath: str | Path, extras: str = ""):
 def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> None:
     """Run a notebook top to bottom in its own directory with SLM_LAB_PROFILE=profile; save it with outputs
     and a provenance stamp (the profile and a hash of the slm_lab code it ran, see `provenance`)."""
+    import time
+
     from nbclient import NotebookClient
 
     from .provenance import stamp
@@ -100,6 +102,7 @@ def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> Non
     nb = nbformat.read(path, as_version=4)
     old = os.environ.get("SLM_LAB_PROFILE")
     os.environ["SLM_LAB_PROFILE"] = profile
+    t0 = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -108,7 +111,7 @@ def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> Non
             os.environ.pop("SLM_LAB_PROFILE", None)
         else:
             os.environ["SLM_LAB_PROFILE"] = old
-    stamp(nb, profile)
+    stamp(nb, profile, seconds=time.perf_counter() - t0)
     write(nb, path)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "slm_lab"
 STAMP_KEY = "slm_lab"
@@ -93,8 +94,8 @@ class _Behaviour(ast.NodeTransformer):
     """Drop what cannot change a result: docstrings and type annotations; put runs of imports in order."""
 
     def _body(self, body: list) -> list:
-        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        first = body[0] if body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
             body = body[1:] or [ast.Pass()]
         out, run = [], []
         for stmt in body:
@@ -165,11 +166,14 @@ def notebook_code(nb) -> str:
     return "\n".join(lines)
 
 
-def stamp(nb, profile: str, root: Path | None = None) -> dict:
-    """Record in nb.metadata what the notebook's outputs were computed with; return the record."""
+def stamp(nb, profile: str, root: Path | None = None, seconds: float | None = None) -> dict:
+    """Record in nb.metadata what the notebook's outputs were computed with (and how long the run took);
+    return the record."""
     modules = dependencies(notebook_code(nb), root)
-    record = {"profile": profile, "modules": modules, "sha256": fingerprint(modules, root),
+    record: dict[str, Any] = {"profile": profile, "modules": modules, "sha256": fingerprint(modules, root),
               "per_module": {m: fingerprint([m], root)[:16] for m in modules}}
+    if seconds is not None:
+        record["seconds"] = round(seconds, 1)
     nb.metadata[STAMP_KEY] = record
     return record
 

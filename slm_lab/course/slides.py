@@ -31,9 +31,9 @@ import html
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..atomic import write_text
 from ..errors import SLMLabError
@@ -161,8 +161,8 @@ def tex_to_svg(tex: str) -> tuple[bytes, float, float] | None:
         from matplotlib.mathtext import MathTextParser
     except ImportError:
         return None
-    rc = {"mathtext.fontset": "cm", "text.color": _MATH_COLOR, "svg.fonttype": "path", "svg.hashsalt": "slm-lab"}
-    with rc_context(rc):
+    with rc_context({"mathtext.fontset": "cm", "text.color": _MATH_COLOR, "svg.fonttype": "path",
+                     "svg.hashsalt": "slm-lab"}):
         prop = FontProperties(size=_MATH_FONT_PT)
         try:
             width, height, depth, *_ = MathTextParser("path").parse(f"${tex}$", dpi=72, prop=prop)
@@ -195,7 +195,8 @@ def _markdown(deck: Deck, out_dir: Path, state: dict):
         import mistune
         from mistune.renderers.html import HTMLRenderer
     except ImportError:
-        raise SLMLabError("building slides needs mistune>=3; run `pip install 'mistune>=3'` (it comes with nbconvert).") from None
+        raise SLMLabError("building slides needs mistune>=3; run `pip install 'mistune>=3'` "
+                          "(it comes with nbconvert).") from None
 
     class SlideRenderer(HTMLRenderer):
         def block_code(self, code: str, info: str | None = None) -> str:
@@ -212,10 +213,10 @@ def _markdown(deck: Deck, out_dir: Path, state: dict):
                                   "fix the path (it is relative to the deck).")
             return super().image(text, _relative_url(target, out_dir), title)
 
-    md = mistune.create_markdown(escape=False, renderer=SlideRenderer(escape=False),
-                                 plugins=["table", "strikethrough", "math"])
-    md.renderer.register("inline_math", lambda _, tex: _math_html(tex, False, state["unreadable"]))
-    md.renderer.register("block_math", lambda _, tex: _math_html(tex, True, state["unreadable"]))
+    renderer = SlideRenderer(escape=False)
+    md = mistune.create_markdown(escape=False, renderer=renderer, plugins=["table", "strikethrough", "math"])
+    renderer.register("inline_math", lambda _, tex: _math_html(tex, False, state["unreadable"]))
+    renderer.register("block_math", lambda _, tex: _math_html(tex, True, state["unreadable"]))
     return md
 
 
@@ -307,7 +308,8 @@ def render_deck(deck: Deck, out_dir: str | Path, vendor_dir: str | Path) -> tupl
     out_dir, vendor_dir = Path(out_dir), Path(vendor_dir)
     missing = [a for a in (*STYLESHEETS, *SCRIPTS) if not (vendor_dir / a).is_file()]
     if missing:
-        raise SLMLabError(f"the vendored reveal.js file {vendor_dir / missing[0]} is missing; restore slides/vendor/ from git.")
+        raise SLMLabError(f"the vendored reveal.js file {vendor_dir / missing[0]} is missing; "
+                          "restore slides/vendor/ from git.")
     base = _relative_url(vendor_dir.resolve(), out_dir)
     state: dict = {"slide": 0, "unreadable": []}
     md = _markdown(deck, out_dir, state)

@@ -12,8 +12,14 @@ from __future__ import annotations
 import importlib
 
 from .naive import attention_flops, attention_scores, causal_mask, check_qkv, naive_attention, scores_bytes
-from .tiled import (flash_attention, merge_softmax_stats, softmax_stats, tile_schedule, tiled_attention,
-                    tiled_attention_backward)
+from .tiled import (
+    flash_attention,
+    merge_softmax_stats,
+    softmax_stats,
+    tile_schedule,
+    tiled_attention,
+    tiled_attention_backward,
+)
 
 _LAZY = {name: "triton_flash" for name in ("triton_attention", "launch", "attn_fwd_kernel", "triton_available",
                                             "interpreting")}

@@ -21,7 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -160,17 +160,17 @@ def cuda_median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 5)
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         s.record()
         fn()
         e.record()
     torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
 
 
 def log_log_slope(ns: list[float], values: list[float]) -> float:
     """Least-squares slope of log(value) against log(n): 2 for quadratic growth, 1 for linear."""
-    pts = [(math.log(n), math.log(v)) for n, v in zip(ns, values) if v > 0]
+    pts = [(math.log(n), math.log(v)) for n, v in zip(ns, values, strict=True) if v > 0]
     if len(pts) < 2:
         raise SLMLabError("log_log_slope needs at least two points with positive values.")
     mx = sum(x for x, _ in pts) / len(pts)

@@ -40,7 +40,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, what: str = "at
     if q.shape[-1] != k.shape[-1]:
         raise SLMLabError(f"{what}: q has head_dim {q.shape[-1]} but k has {k.shape[-1]}; they must be equal.")
     if k.shape[-2] == 0 or q.shape[-2] == 0:
-        raise SLMLabError(f"{what}: got an empty sequence (q {tuple(q.shape)}, k {tuple(k.shape)}); pass at least one token.")
+        raise SLMLabError(f"{what}: got an empty sequence (q {tuple(q.shape)}, k {tuple(k.shape)}); "
+                          "pass at least one token.")
 
 
 def causal_mask(n_q: int, n_k: int, device=None) -> torch.Tensor:

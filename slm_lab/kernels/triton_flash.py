@@ -263,7 +263,8 @@ def launch(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if kernel is None and not upcast:
         if block_m is not None or block_n is not None:
-            raise SLMLabError("triton_attention: autotuning picks the block sizes; pass block_m/block_n with a kernel, not both.")
+            raise SLMLabError("triton_attention: autotuning picks the block sizes; "
+                              "pass block_m/block_n with a kernel, not both.")
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)  # noqa: E731
         _autotuned()[grid](q, k, v, out, lse, N, scale, HEAD_DIM=d, CAUSAL=bool(causal), UPCAST=False)
         return out, lse
