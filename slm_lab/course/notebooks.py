@@ -14,6 +14,8 @@ from pathlib import Path
 
 import nbformat
 
+from ..errors import SLMLabError
+
 REPO_SLUG = "slm-lab/slm-lab"       # the one place the GitHub repository is named
 BRANCH = "main"
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +104,9 @@ def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> Non
     nb = nbformat.read(path, as_version=4)
     old = os.environ.get("SLM_LAB_PROFILE")
     os.environ["SLM_LAB_PROFILE"] = profile
+    # The kernel imports slm_lab as it is now: fingerprint it now, and refuse to stamp if it changed
+    # during the run (the outputs could then mix two versions of the package).
+    before = stamp(nbformat.from_dict(nb), profile)["sha256"]
     t0 = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -111,7 +116,12 @@ def execute(path: str | Path, profile: str = "full", timeout: int = 1800) -> Non
             os.environ.pop("SLM_LAB_PROFILE", None)
         else:
             os.environ["SLM_LAB_PROFILE"] = old
-    stamp(nb, profile, seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if stamp(nb, profile, seconds=seconds)["sha256"] != before:
+        nb.metadata.pop("slm_lab", None)
+        write(nb, path)
+        raise SLMLabError(f"slm_lab changed while {path} ran, so its outputs may mix two versions of the "
+                          "package; it is saved unstamped (stale) — execute it again.")
     write(nb, path)
 
 
