@@ -62,3 +62,13 @@ def test_student_facing_text_does_not_speak_of_development(document):
     path = ROOT / document
     text = C.notebook_prose(C._read(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
     assert not DEV_TALK.search(text), f"{document}: {DEV_TALK.search(text).group(0)!r}"
+
+
+def test_figures_inside_formulas_are_claims_too():
+    assert figures(r"costs $3.1 \times 10^{23}$ FLOPs, by $C \approx 6ND$") == ["3.1e23"]
+    assert backed(r"$3.1 \times 10^{23}$", 3.14e23) == [True] and backed(r"$3.9 \times 10^{14}$", 3.4e13) == [False]
+
+
+def test_byte_units_are_understood():
+    assert backed("3.26 MB in float32", 3_258_880) == [True] and backed("3.27 MB", 3_258_880) == [False]
+    assert backed("4.5 MiB", 4.5 * 2**20 + 1000) == [True] and backed("349.21 GB", 349.21) == [True]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 # A number: 1,234,567.89 | 1234.5 | .5 | 3e-3, then an optional scale suffix.
 _NUM = r"(?<![\w.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)"
-_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-NUMBER = re.compile(_NUM + r"(?:\s?(k|K|M|B|G|T)(?![a-zA-Z]))?(\s?%)?")
+_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12,
+          "thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}
+NUMBER = re.compile(_NUM + r"(?:\s?(k|K|M|B|G|T)(?![a-zA-Z])|\s(thousand|million|billion|trillion)\b)?(\s?%)?")
 # Words after which a number names a thing rather than states a fact.
 _NAMING = re.compile(r"(?:module|modules|lab|labs|notebook|notebooks|deck|section|step|chapter|part|cell|"
                      r"figure|table|row|column|item|question|task|exercise|issue|Python|version|v)\s*$", re.I)
@@ -79,7 +80,7 @@ def numbers_in_prose(markdown: str, min_integer: int = 12) -> list[Figure]:
     text = _strip_markup(markdown)
     out = []
     for m in NUMBER.finditer(text):
-        digits, suffix, pct = m.group(1), m.group(2) or "", bool(m.group(3))
+        digits, suffix, pct = m.group(1), m.group(2) or m.group(3) or "", bool(m.group(4))
         before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
         word_match = re.search(r"[\w.\-+]*$", before)
         word = word_match.group(0) if word_match else ""
@@ -105,7 +106,7 @@ def numbers_in_text(text: str) -> list[float]:
     """Every number in a source text (outputs, code, JSON), scaled where a suffix says so; signs dropped."""
     out = []
     for m in NUMBER.finditer(text.replace("_", "")):
-        digits, suffix = m.group(1), m.group(2) or ""
+        digits, suffix = m.group(1), m.group(2) or m.group(3) or ""
         try:
             out.append(_value(digits) * _SCALE.get(suffix, 1.0))
         except ValueError:
