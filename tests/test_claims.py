@@ -72,3 +72,4 @@ def test_figures_inside_formulas_are_claims_too():
 def test_byte_units_are_understood():
     assert backed("3.26 MB in float32", 3_258_880) == [True] and backed("3.27 MB", 3_258_880) == [False]
     assert backed("4.5 MiB", 4.5 * 2**20 + 1000) == [True] and backed("349.21 GB", 349.21) == [True]
+    assert backed("312 TFLOP/s", 312e12) == [True] and backed("313 TFLOP/s", 312e12) == [False]

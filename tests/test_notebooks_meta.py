@@ -74,3 +74,13 @@ def test_stored_outputs_come_from_the_package_as_it_is(path):
 
     reason = staleness(nbformat.read(path, as_version=4))
     assert reason is None, f"{rel(path)} is stale: {reason}; re-execute it with `slm-lab execute {rel(path)}`"
+
+
+def test_the_instructors_timings_are_the_recorded_run_times():
+    from slm_lab.course.execute import TIMINGS_BEGIN, TIMINGS_END, timings_table
+
+    text = (ROOT / "INSTRUCTORS.md").read_text()
+    assert TIMINGS_BEGIN in text and TIMINGS_END in text, "INSTRUCTORS.md needs its generated timings block"
+    block = text.split(TIMINGS_BEGIN, 1)[1].split(TIMINGS_END, 1)[0].strip()
+    assert block == timings_table(LECTURES + SOLUTIONS), \
+        "INSTRUCTORS.md's timings differ from the notebooks' stamps: paste `slm-lab execute --timings` there"
