@@ -73,3 +73,22 @@ def test_byte_units_are_understood():
     assert backed("3.26 MB in float32", 3_258_880) == [True] and backed("3.27 MB", 3_258_880) == [False]
     assert backed("4.5 MiB", 4.5 * 2**20 + 1000) == [True] and backed("349.21 GB", 349.21) == [True]
     assert backed("312 TFLOP/s", 312e12) == [True] and backed("313 TFLOP/s", 312e12) == [False]
+
+
+def test_notebook_00s_fit_statements_are_what_sizing_computes():
+    """Words can drift too: the sentences under notebook 00's fit grid, checked against sizing.fits."""
+    from slm_lab import sizing
+
+    prose = C.notebook_prose(C._read(ROOT / "notebooks" / "00_why_slms.ipynb"))
+    fits = lambda name, dev, dt: sizing.fits(sizing.card(name), dev, dt)      # noqa: E731
+    statements = {
+        "Phi-3-mini and Gemini Nano-2 fit the phone in int8": fits("Phi-3-mini", "phone 8 GB", "int8"),
+        "Llama-3-8B does not fit it even in int4": not fits("Llama-3-8B", "phone 8 GB", "int4"),
+        "Llama-3-70B fits one 80 GB GPU in int8 but not\nin fp16":
+            fits("Llama-3-70B", "A100 80 GB", "int8") and not fits("Llama-3-70B", "A100 80 GB", "fp16"),
+        "GPT-3 175B fits no single device": not any(fits("GPT-3 175B", d, t) for d in sizing.HARDWARE
+                                                    for t in ("fp16", "int8", "int4")),
+    }
+    for sentence, true in statements.items():
+        assert sentence in prose, f"notebook 00 no longer says {sentence!r}: update this test with the prose"
+        assert true, f"notebook 00 says {sentence!r}, but sizing.fits disagrees"
