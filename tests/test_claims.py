@@ -92,3 +92,4 @@ def test_notebook_00s_fit_statements_are_what_sizing_computes():
     for sentence, true in statements.items():
         assert sentence in prose, f"notebook 00 no longer says {sentence!r}: update this test with the prose"
         assert true, f"notebook 00 says {sentence!r}, but sizing.fits disagrees"
+    assert backed("5.8 ms", 0.00582) == [True] and backed("5.8 min", 348.0) == [True] and backed("5.8 min", 330) == [False]

@@ -26,10 +26,11 @@ _NAMING = re.compile(r"(?:module|modules|lab|labs|notebook|notebooks|deck|sectio
                      r"figure|table|row|column|item|question|task|exercise|issue|Python|version|v)\s*$", re.I)
 
 
-# Units with a scale: "3.26 MB" may be backed by 3,258,880 bytes, "312 TFLOP/s" by 3.12e14 FLOP/s.
+# Units with a scale: "3.26 MB" may be backed by 3,258,880 bytes, "312 TFLOP/s" by 3.12e14 FLOP/s,
+# "5.8 ms" by 0.0058 s, "5.8 min" by 348 s.
 _BYTES = {"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2.0**10, "MiB": 2.0**20, "GiB": 2.0**30,
-          "GFLOP": 1e9, "TFLOP": 1e12, "PFLOP": 1e15}
-_BYTE_UNIT = re.compile(r"\s?(kB|KB|MB|GB|TB|KiB|MiB|GiB|GFLOP|TFLOP|PFLOP)(?![a-zA-Z])")
+          "GFLOP": 1e9, "TFLOP": 1e12, "PFLOP": 1e15, "ms": 1e-3, "µs": 1e-6, "min": 60.0}
+_BYTE_UNIT = re.compile(r"\s?(kB|KB|MB|GB|TB|KiB|MiB|GiB|GFLOP|TFLOP|PFLOP|ms|µs|min)(?![a-zA-Z])")
 
 
 @dataclass(frozen=True)
