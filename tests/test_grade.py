@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import nbformat
@@ -28,7 +31,8 @@ def solution_nb():
 
 
 def cell_of(nb, check_id):
-    return next(i for i, c in enumerate(nb.cells) if c.metadata.get("slm_lab", {}).get("check") == check_id)
+    return next(i for i, c in enumerate(nb.cells)
+                if isinstance(c.metadata.get("slm_lab"), dict) and c.metadata["slm_lab"].get("check") == check_id)
 
 
 def answer(nb, text):
@@ -37,6 +41,13 @@ def answer(nb, text):
 
 def code(source):
     return nbformat.v4.new_code_cell(source)
+
+
+def pasted(cell):
+    """A copy of a cell as Jupyter pastes it: same source and metadata, a new cell id."""
+    cell = copy.deepcopy(cell)
+    cell.id = nbformat.v4.new_code_cell().id
+    return cell
 
 
 def run_cli(*argv) -> int:
@@ -142,11 +153,11 @@ def test_restore_checks_positions():
     first, second = cell_of(nb, "00.fp16_memory"), cell_of(nb, "00.fits")
     nb.cells[first].source = "pass"
     nb.cells[first].metadata = {}          # metadata wiped: no longer a check, so it stays as the student's cell
-    nb.cells.append(copy.deepcopy(nb.cells[second]))          # a pasted duplicate
     nb.cells.append(code("extra = 1"))
     del nb.cells[cell_of(nb, "00.size_ratio")]
+    nb.cells.insert(2, pasted(nb.cells[second]))           # a stray copy of a check above the answers: dropped
     grade.restore_checks(nb, canonical)
-    ids = [c.metadata.get("slm_lab", {}).get("check") for c in nb.cells]
+    ids = [grade.check_id(c) for c in nb.cells]
     assert [i for i in ids if i] == IDS
     # fp16's check (gone as such) goes right before the next check that exists, after the answers before it
     assert ids.index("00.fp16_memory") == second and ids.index("00.fits") == second + 1
@@ -300,3 +311,295 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_running_helper_sees_this_process():
     assert _running(os.getpid())
+
+
+# --- one bad submission never costs the batch --------------------------------------------------------------
+
+def test_check_metadata_of_the_wrong_shape_makes_an_ordinary_cell():
+    """`slm_lab` metadata that is a string, null, or whose id is a list or a dict: not a check, and no crash."""
+    sol = solution_nb()
+    canonical = make_labs.check_ids(sol, "fixture")
+    nb = copy.deepcopy(sol)
+    nb.cells[2].metadata["slm_lab"] = "check"
+    nb.cells[answer(nb, "fits = {")].metadata["slm_lab"] = None
+    nb.cells[cell_of(nb, "00.fp16_memory")].metadata["slm_lab"] = {"check": ["00.fp16_memory"], "points": 9}
+    nb.cells.append(code("y = 2"))
+    nb.cells[-1].metadata["slm_lab"] = {"check": {"id": "00.fits"}}
+    grade.prepare(nb, canonical)
+    ids = [grade.check_id(c) for c in nb.cells]
+    assert [i for i in ids if i] == IDS
+    assert nb.cells[ids.index("00.fp16_memory")] == canonical["00.fp16_memory"]
+    assert nb.cells[-1].source == "y = 2"          # kept as the student's own cell
+
+
+def test_lone_surrogate_in_a_cell_is_a_malformed_notebook(tmp_path):
+    nb = solution_nb()
+    nb.cells[3].source += " \udcff"
+    (tmp_path / "s.ipynb").write_text(json.dumps(nb))          # "\udcff" as a JSON escape: valid JSON, not Unicode
+    got, reason = grade._read_submission(tmp_path / "s.ipynb")
+    assert got is None and reason.startswith("malformed notebook: cell 4 ") and "Unicode" in reason, reason
+
+    nb = solution_nb()                                          # in an output only: outputs are cleared, so it grades
+    nb.cells[4].outputs = [nbformat.v4.new_output("stream", name="stdout", text="\udcff")]
+    (tmp_path / "o.ipynb").write_text(json.dumps(nb))
+    got, reason = grade._read_submission(tmp_path / "o.ipynb")
+    assert got is not None and reason == "" and nbformat.writes(got).encode("utf-8")
+
+
+def test_submission_over_the_size_limit_gets_a_row_without_being_read(course, tmp_path, monkeypatch):
+    huge = tmp_path / "huge.ipynb"
+    with open(huge, "wb") as f:
+        f.truncate(150 * 2**20)                                 # 150 MB (sparse: no disk used)
+    ran = []
+    monkeypatch.setattr(grade, "run_nbval", lambda *a, **k: ran.append(a) or (set(), ""))
+    tracemalloc.start()
+    try:
+        grade.grade([huge], course / "solutions" / f"{NAME}.ipynb", tmp_path / "gb.csv")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    r = read_gradebook(tmp_path / "gb.csv")["huge.ipynb"]
+    limit = grade.SUBMISSION_LIMIT_BYTES >> 20
+    assert r["total"] == "0" and r["reason"].startswith(f"150 MB is over the {limit} MB limit"), r["reason"]
+    assert not ran and peak < 10 * 2**20
+
+
+def test_instructors_guide_quotes_the_size_limit():
+    text = (Path(__file__).resolve().parents[1] / "INSTRUCTORS.md").read_text(encoding="utf-8")
+    assert f"over\n{grade.SUBMISSION_LIMIT_BYTES >> 20} MB (`SUBMISSION_LIMIT_BYTES`" in text
+
+
+def _fake_runs(monkeypatch, *outcomes):
+    """run_nbval replaced by one outcome per call: an exception to raise, or (passed code indices, reason)."""
+    calls = []
+
+    def fake(nb, folder, *args, **kwargs):
+        calls.append(folder)
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    monkeypatch.setattr(grade, "run_nbval", fake)
+    return calls
+
+
+def test_gradebook_is_written_after_every_row(course, tmp_path, monkeypatch):
+    for n in ("a", "b", "c"):
+        notebooks.write(solution_nb(), tmp_path / f"{n}.ipynb")
+    _fake_runs(monkeypatch, (set(), ""), (set(), ""), KeyboardInterrupt())
+    out = tmp_path / "gb.csv"
+    with pytest.raises(KeyboardInterrupt):                       # Ctrl-C in the third: the first two are saved
+        grade.grade([tmp_path / f"{n}.ipynb" for n in "abc"], course / "solutions" / f"{NAME}.ipynb", out)
+    assert list(read_gradebook(out)) == ["a.ipynb", "b.ipynb"]
+
+
+def test_an_unexpected_error_costs_one_row_not_the_batch(course, tmp_path, monkeypatch):
+    for n in ("a", "b"):
+        notebooks.write(solution_nb(), tmp_path / f"{n}.ipynb")
+    _fake_runs(monkeypatch, RuntimeError("boom\nsecond line"), (set(), ""))
+    grade.grade([tmp_path / "a.ipynb", tmp_path / "b.ipynb"], course / "solutions" / f"{NAME}.ipynb",
+                tmp_path / "gb.csv")
+    rows = read_gradebook(tmp_path / "gb.csv")
+    assert rows["a.ipynb"]["reason"] == "grading failed (RuntimeError: boom)" and rows["a.ipynb"]["total"] == "0"
+    assert rows["b.ipynb"]["reason"] == ""
+
+
+def test_out_naming_a_submission_the_solution_or_a_folder_is_refused(course, tmp_path, monkeypatch):
+    sub = tmp_path / "subs" / "s.ipynb"
+    sub.parent.mkdir()
+    notebooks.write(solution_nb(), sub)
+    before = sub.read_bytes()
+    (tmp_path / "link.csv").symlink_to(sub)
+    calls = _fake_runs(monkeypatch)
+    sols = course / "solutions"
+    for out, words in [(sub, f"--out {sub} is the submission {sub}"),
+                       (tmp_path / "subs" / ".." / "subs" / "s.ipynb", "is the submission"),
+                       (tmp_path / "link.csv", "is the submission"),
+                       (sols / f"{NAME}.ipynb", "is the solution"),
+                       (tmp_path / "subs", "is a folder")]:
+        with pytest.raises(SLMLabError) as err:
+            run_cli(str(sub), "--lab", "00", "--solutions", str(sols), "--out", str(out))
+        assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert sub.read_bytes() == before and not calls                  # refused before anything ran
+    with pytest.raises(SLMLabError, match="is the submission"):         # the function refuses it too
+        grade.grade([sub], sols / f"{NAME}.ipynb", sub)
+    assert sub.read_bytes() == before
+
+
+def test_restore_keeps_the_last_copy_of_a_check():
+    """A stray copy of a check pasted above its answer costs nothing: the last copy is the graded one."""
+    sol = solution_nb()
+    canonical = make_labs.check_ids(sol, "fixture")
+    nb = copy.deepcopy(sol)
+    nb.cells.insert(answer(nb, "def fp16_gb"), pasted(nb.cells[cell_of(nb, "00.fp16_memory")]))
+    grade.restore_checks(nb, canonical)
+    assert nb.cells == sol.cells
+
+    nb = copy.deepcopy(sol)                                  # a copy at the end, to run it again: that one counts
+    nb.cells.append(pasted(nb.cells[cell_of(nb, "00.fits")]))
+    nb.cells[-1].source = "pass"
+    grade.restore_checks(nb, canonical)
+    ids = [grade.check_id(c) for c in nb.cells]
+    assert ids.count("00.fits") == 1 and ids[-1] == "00.fits" and nb.cells[-1] == canonical["00.fits"]
+
+
+def test_temp_folder_inside_the_submission_folder_is_not_copied_into_itself(tmp_path, monkeypatch):
+    """TMPDIR inside the submission's folder: the scratch copy of that folder must leave itself out (and the
+    gradebook, which holds other students' marks)."""
+    subs = tmp_path / "subs"
+    (subs / "tmp").mkdir(parents=True)
+    (subs / "data.txt").write_text("x")
+    (subs / "gradebook.csv").write_text("file,total\nsomeone.ipynb,10\n")
+    monkeypatch.setattr(tempfile, "tempdir", str(subs / "tmp"))
+    nb = nbformat.v4.new_notebook(cells=[code("import os\nassert open('data.txt').read() == 'x'\n"
+                                              "assert os.listdir('tmp') == [], os.listdir('tmp')\n"
+                                              "assert not os.path.exists('gradebook.csv')")])
+    passed, reason = grade.run_nbval(nb, subs, 60, 120, "smoke", leave_out=(subs / "gradebook.csv",))
+    assert passed == {0} and reason == "", reason
+
+
+@pytest.fixture(scope="module")
+def hostile(course, tmp_path_factory):
+    """One `slm-lab grade` process over submissions that each used to stop the whole run, in a folder that
+    also holds the temp folder (TMPDIR) and one submission whose name is not UTF-8."""
+    subs = tmp_path_factory.mktemp("hostile")
+    (subs / "tmp").mkdir()
+    sol = solution_nb()
+
+    surrogate = copy.deepcopy(sol)
+    surrogate.cells[3].source += " \udcff"
+    (subs / "surrogate.ipynb").write_text(json.dumps(surrogate))
+
+    meta = copy.deepcopy(sol)
+    meta.cells[2].metadata["slm_lab"] = "check"
+    meta.cells[answer(meta, "fits = {")].metadata["slm_lab"] = None
+    meta.cells[cell_of(meta, "00.fp16_memory")].metadata["slm_lab"] = {"check": ["00.fp16_memory"]}
+    notebooks.write(meta, subs / "bad_metadata.ipynb")
+
+    stray = copy.deepcopy(sol)                   # the fp16 check pasted above its answer as well
+    stray.cells.insert(answer(stray, "def fp16_gb"), pasted(stray.cells[cell_of(stray, "00.fp16_memory")]))
+    notebooks.write(stray, subs / "stray_copy.ipynb")
+
+    notebooks.write(sol, subs / os.fsdecode(b"\xff_solved.ipynb"))
+    out = subs / "gradebook.csv"
+    names = [b"surrogate.ipynb", b"bad_metadata.ipynb", b"stray_copy.ipynb", b"\xff_solved.ipynb"]
+    env = {**os.environ, "TMPDIR": str(subs / "tmp"), "PYTHONIOENCODING": "utf-8"}    # strict UTF-8 output
+    res = subprocess.run([sys.executable, "-m", "slm_lab.cli", "grade", *(os.fsencode(subs) + b"/" + n for n in names),
+                          "--lab", "00", "--solutions", str(course / "solutions"), "--out", str(out),
+                          "--timeout", "60"], capture_output=True, text=True, errors="replace", env=env, timeout=600)
+    return res, out
+
+
+def test_hostile_batch_gets_a_row_for_every_submission(hostile):
+    res, out = hostile
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = read_gradebook(out)
+    assert list(rows) == ["surrogate.ipynb", "bad_metadata.ipynb", "stray_copy.ipynb", "\\xff_solved.ipynb"]
+    assert rows["surrogate.ipynb"]["total"] == "0" and "Unicode" in rows["surrogate.ipynb"]["reason"]
+    for name in ("bad_metadata.ipynb", "stray_copy.ipynb", "\\xff_solved.ipynb"):
+        assert rows[name]["total"] == str(FULL) and rows[name]["reason"] == "", (name, rows[name])
+    assert "\\xff_solved.ipynb" in res.stdout
+
+
+# --- hidden checks -------------------------------------------------------------------------------------------
+
+HIDDEN_FIXTURE = Path(__file__).parent / "fixtures" / "lab_solution_hidden.py"
+HIDDEN_NAME = "00_hidden_lab"
+H_IDS = ["00.fp16_memory", "00.fp16_hidden", "00.size_ratio", "00.ratio_hidden"]
+H_POINTS = {"00.fp16_memory": 2, "00.fp16_hidden": 4, "00.size_ratio": 1, "00.ratio_hidden": 5}
+
+
+def hidden_solution():
+    return notebooks.from_percent(HIDDEN_FIXTURE.read_text(encoding="utf-8"), f"solutions/{HIDDEN_NAME}.ipynb")
+
+
+def student_copy(sol):
+    """What a student hands in for the lab of `sol`: its cells (and cell ids) without the hidden checks."""
+    nb = copy.deepcopy(sol)
+    nb.cells = [c for c in nb.cells if "### BEGIN HIDDEN CHECKS" not in c.source]
+    return nb
+
+
+def test_hidden_checks_go_back_in_their_canonical_place():
+    sol = hidden_solution()
+    canonical, hidden = grade.canonical_checks(sol, "fixture")
+    assert list(canonical) == H_IDS and list(hidden) == ["00.fp16_hidden", "00.ratio_hidden"]
+    nb = student_copy(sol)
+    grade.restore_checks(nb, canonical, hidden)
+    assert nb.cells == sol.cells
+
+    # right after the cell it follows in the solution (the fp16 check), before the student's own next cell;
+    # a copy of a hidden check in the submission (an id it should not know, an edited body) is not kept
+    nb = student_copy(sol)
+    nb.cells.insert(cell_of(nb, "00.fp16_memory") + 1, code("print('mine')"))
+    leaked = copy.deepcopy(sol.cells[cell_of(sol, "00.ratio_hidden")])
+    leaked.source = "pass"
+    nb.cells.insert(2, leaked)
+    grade.restore_checks(nb, canonical, hidden)
+    k = cell_of(nb, "00.fp16_memory")
+    assert grade.check_id(nb.cells[k + 1]) == "00.fp16_hidden" and nb.cells[k + 2].source == "print('mine')"
+    assert [grade.check_id(c) for c in nb.cells].count("00.ratio_hidden") == 1
+    assert nb.cells[-1] == canonical["00.ratio_hidden"] and "pass" not in [c.source for c in nb.cells]
+
+    # cells without the solution's ids (another editor re-made them): the restored checks still carry theirs
+    nb = student_copy(sol)
+    for c in nb.cells:
+        c.pop("id", None)
+    grade.restore_checks(nb, canonical, hidden)
+    ids = [grade.check_id(c) for c in nb.cells]
+    assert ids.index("00.fp16_hidden") == ids.index("00.fp16_memory") + 1 and ids[-1] == "00.ratio_hidden"
+
+    # a hidden check that follows a student's cell in the solution, where the submission has no such cell:
+    # just before the next visible check
+    sol2 = copy.deepcopy(sol)
+    h = sol2.cells.pop(cell_of(sol2, "00.fp16_hidden"))
+    sol2.cells.insert(answer(sol2, "def fp16_gb") + 1, h)
+    canonical, hidden = grade.canonical_checks(sol2, "fixture")
+    assert hidden["00.fp16_hidden"] == grade.Place(sol2.cells[answer(sol2, "def fp16_gb")].id, "00.fp16_memory")
+    nb = student_copy(sol2)
+    nb.cells[answer(nb, "def fp16_gb")].id = "re-made"
+    nb.cells.insert(cell_of(nb, "00.fp16_memory"), code("print('mine')"))
+    grade.restore_checks(nb, canonical, hidden)
+    k = cell_of(nb, "00.fp16_memory")
+    assert grade.check_id(nb.cells[k - 1]) == "00.fp16_hidden" and nb.cells[k - 2].source == "print('mine')"
+
+
+@pytest.fixture(scope="module")
+def hidden_graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hidden")
+    (root / "solutions").mkdir()
+    notebooks.write(hidden_solution(), root / "solutions" / f"{HIDDEN_NAME}.ipynb")
+    sol = nbformat.read(root / "solutions" / f"{HIDDEN_NAME}.ipynb", as_version=4)
+    subs = root / "subs"
+    subs.mkdir()
+    notebooks.write(student_copy(sol), subs / "solved.ipynb")
+    notebooks.write(make_labs.build_lab(sol, f"{HIDDEN_NAME}.ipynb", "fixture"), subs / "unsolved_lab.ipynb")
+    typed = student_copy(sol)        # numbers typed in: the visible checks pass, the hidden ones do not
+    i = answer(typed, "def fp16_gb")
+    typed.cells[i].source = typed.cells[i].source.replace("params * 2 / 1e9", "14.0")
+    i = answer(typed, "ratio = 175 / 3.8")
+    typed.cells[i].source = typed.cells[i].source.replace("175 / 3.8", "46.0")
+    notebooks.write(typed, subs / "typed_numbers.ipynb")
+    leaked = student_copy(sol)       # the hidden checks' ids, edited into `pass`, above the answers
+    for cid in ("00.fp16_hidden", "00.ratio_hidden"):
+        cell = copy.deepcopy(sol.cells[cell_of(sol, cid)])
+        cell.source = "pass"
+        leaked.cells.insert(2, cell)
+    notebooks.write(leaked, subs / "leaked.ipynb")
+    out = root / "gradebook.csv"
+    names = ["solved", "unsolved_lab", "typed_numbers", "leaked"]
+    run_cli(*(str(subs / f"{n}.ipynb") for n in names), "--lab", "00", "--solutions", str(root / "solutions"),
+            "--out", str(out), "--timeout", "60")
+    return out
+
+
+def test_hidden_checks_count_in_the_gradebook(hidden_graded):
+    with open(hidden_graded, newline="") as f:
+        assert next(csv.reader(f)) == ["file", *H_IDS, "total", "max", "reason"]
+    rows = read_gradebook(hidden_graded)
+    full = str(sum(H_POINTS.values()))
+    assert all(r["max"] == full for r in rows.values())
+    assert [rows["solved.ipynb"][c] for c in H_IDS] == ["2", "4", "1", "5"] and rows["solved.ipynb"]["reason"] == ""
+    assert rows["unsolved_lab.ipynb"]["total"] == "0"
+    assert [rows["typed_numbers.ipynb"][c] for c in H_IDS] == ["2", "0", "1", "0"]
+    assert rows["leaked.ipynb"]["total"] == full

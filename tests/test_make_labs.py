@@ -63,7 +63,7 @@ def test_lab_from_solution(course):
     assert "params * 2 / 1e9" not in text and "175 / 3.8" not in text and "SOLUTION" not in text
     assert "output of cell" not in text and "iopub.status" not in text
     changed = []
-    for i, (s, c) in enumerate(zip(sol.cells, lab.cells)):
+    for i, (s, c) in enumerate(zip(sol.cells, lab.cells, strict=True)):
         if c.cell_type == "code":
             assert c.outputs == [] and c.execution_count is None
         assert c.cell_type == s.cell_type and c.get("id") == s.get("id")
@@ -114,6 +114,20 @@ def test_check_in_sync_stale_missing_extra(course, capsys):
     (labs / "99_old_lab.ipynb").write_text(good)
     assert run_cli("--check", "--solutions", str(sols), "--labs", str(labs)) == 1
     assert f"extra: {labs / '99_old_lab.ipynb'}" in capsys.readouterr().out
+
+
+def test_what_the_solutions_run_left_in_its_metadata_stays_out_of_the_lab(course):
+    """The provenance stamp and widget state of a solution's run: re-executing it does not make its lab stale."""
+    sols, labs = course / "solutions", course / "labs"
+    run_cli("--solutions", str(sols), "--labs", str(labs))
+    before = (labs / NAME).read_bytes()
+    sol = nbformat.read(sols / NAME, as_version=4)
+    sol.metadata["slm_lab"] = {"profile": "full", "seconds": 12.5, "sha256": "0" * 64}
+    sol.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"a1b2": {}}, "version_major": 2}}
+    notebooks.write(sol, sols / NAME)
+    assert run_cli("--check", "--solutions", str(sols), "--labs", str(labs)) == 0
+    text = before.decode()
+    assert '"sha256"' not in text and "widget-state" not in text and '"kernelspec"' in text
 
 
 def test_output_is_deterministic(course, tmp_path):
@@ -171,3 +185,45 @@ def test_repository_labs_are_in_sync_with_solutions():
         pytest.skip("no solutions/ in this checkout")
     problems = make_labs.differences(make_labs.expected_labs(solutions), labs)
     assert not problems, "run `slm-lab make-labs`: " + "; ".join(problems)
+
+
+# --- hidden checks -------------------------------------------------------------------------------------------
+
+HIDDEN_FIXTURE = Path(__file__).parent / "fixtures" / "lab_solution_hidden.py"
+HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN CHECKS", "### END HIDDEN CHECKS"
+
+
+def test_hidden_check_cells_are_left_out_of_the_lab():
+    sol = notebooks.from_percent(HIDDEN_FIXTURE.read_text(encoding="utf-8"), f"solutions/{NAME}")
+    lab = make_labs.build_lab(sol, NAME, "fixture")
+    text = make_labs.render(lab)
+    for secret in ("HIDDEN", "00.fp16_hidden", "00.ratio_hidden", "3.8e9", "parameter counts"):
+        assert secret not in text, secret
+    hidden = [c.get("id") for c in sol.cells if HIDDEN_BEGIN in c.source]
+    assert len(hidden) == 2
+    assert [c.get("id") for c in lab.cells] == [c.get("id") for c in sol.cells if c.get("id") not in hidden]
+    assert [c.metadata["slm_lab"]["check"] for c in notebooks.check_cells(lab)] == ["00.fp16_memory", "00.size_ratio"]
+    assert make_labs.hidden_ids(sol, "fixture") == ["00.fp16_hidden", "00.ratio_hidden"]
+
+
+@pytest.mark.parametrize("cell, source, words", [
+    (5, f"{HIDDEN_BEGIN}\nm00.check_answer('00.fp16_memory', memory)",
+     f"`{HIDDEN_BEGIN}` on line 1 has no matching `{HIDDEN_END}`"),
+    (5, f"m00.check_answer('00.fp16_memory', memory)\n{HIDDEN_END}",
+     f"`{HIDDEN_END}` on line 2 has no `{HIDDEN_BEGIN}` before it"),
+    (5, f"m00.check_answer('00.fp16_memory', memory)\n{HIDDEN_BEGIN}\nassert memory\n{HIDDEN_END}",
+     "a hidden check is a whole cell"),
+    (5, f"{HIDDEN_BEGIN}\nassert memory\n{HIDDEN_END}\n{HIDDEN_BEGIN}\nassert memory\n{HIDDEN_END}",
+     "a hidden check is a whole cell"),
+    (5, "## BEGIN HIDDEN CHECKS\nassert memory\n## END HIDDEN CHECKS", "looks like a hidden-check marker"),
+    (4, f"{HIDDEN_BEGIN}\nassert memory\n{HIDDEN_END}", "is not a check cell"),
+], ids=["no-end", "no-begin", "region-in-a-visible-check", "two-regions", "misspelt", "not-a-check-cell"])
+def test_bad_hidden_markers_name_the_file_and_cell(course, cell, source, words):
+    sol = nbformat.read(course / "solutions" / NAME, as_version=4)
+    sol.cells[cell].source = source
+    notebooks.write(sol, course / "solutions" / NAME)
+    with pytest.raises(SLMLabError) as err:
+        run_cli("--solutions", str(course / "solutions"), "--labs", str(course / "labs"))
+    msg = str(err.value)
+    assert f"{course / 'solutions' / NAME}, cell {cell + 1}:" in msg and words in msg and "\n" not in msg, msg
+    assert not (course / "labs" / NAME).exists()

@@ -4,10 +4,17 @@ For every solutions/NAME.ipynb, labs/NAME.ipynb is the same notebook with
   - each region from a line `### BEGIN SOLUTION` to `### END SOLUTION` in a code cell replaced, at the
     BEGIN line's indentation, by `# TODO: <hint>` and `raise NotImplementedError` (the hint is the text of
     a `# HINT: ...` line right after BEGIN, else "your code here");
-  - every output, execution count and execution timing cleared;
+  - each hidden check cell left out: a check cell whose first line is `### BEGIN HIDDEN CHECKS` and whose
+    last line is `### END HIDDEN CHECKS` (whole cells, not regions: each hidden check has its own id and
+    points, and `slm-lab grade` puts the cell back from the solution, see `slm_lab.course.grade`);
+  - every output, execution count and execution timing cleared, and the rest of what the solution's run
+    left in the notebook metadata dropped: its provenance stamp (`slm_lab`, see `provenance`: a lab has no
+    outputs to vouch for) and its widget state (`widgets`: the progress bars of outputs that are gone). So
+    re-executing a solution does not make its lab stale;
   - the Colab badge in the first cell pointing at labs/NAME.ipynb.
-Everything else is kept as it is. The output is deterministic text, so `--check` compares it with labs/
-and names each stale, missing or extra lab without writing anything.
+Everything else is kept as it is (cell ids too: grading puts a hidden check back after the cell it follows).
+The output is deterministic text, so `--check` compares it with labs/ and names each stale, missing or extra
+lab without writing anything.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import nbformat
 from ..atomic import write_text
 from ..errors import SLMLabError
 from . import notebooks
+from .provenance import STAMP_KEY
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -29,6 +37,9 @@ DEFAULT_HINT = "your code here"
 # A line that mentions a marker but is not exactly one (`## BEGIN SOLUTION`, `### End Solution`) would leak
 # the answer into the lab, so it is an error rather than ordinary code.
 _NEAR_MARKER = re.compile(r"(BEGIN|END)[ _]SOLUTION", re.I)
+HIDDEN_BEGIN = "### BEGIN HIDDEN CHECKS"
+HIDDEN_END = "### END HIDDEN CHECKS"
+_NEAR_HIDDEN = re.compile(r"(BEGIN|END)[ _]HIDDEN", re.I)     # a misspelt one would leak the check into the lab
 
 
 def strip_solution(source: str, where: str) -> str:
@@ -66,6 +77,44 @@ def strip_solution(source: str, where: str) -> str:
     return "\n".join(out)
 
 
+def is_hidden(cell, where: str) -> bool:
+    """Whether a solution cell is a hidden check cell (see the module docstring); a hidden-check marker
+    anywhere else, or misspelt, is an error. `where` names the cell in error messages."""
+    if cell.cell_type != "code":
+        return False
+    lines = cell.source.split("\n")
+    marks = [(n, line.strip()) for n, line in enumerate(lines, 1) if _NEAR_HIDDEN.search(line)]
+    if not marks:
+        return False
+    for n, mark in marks:
+        if mark not in (HIDDEN_BEGIN, HIDDEN_END):
+            raise SLMLabError(f"{where}: line {n} ({mark!r}) looks like a hidden-check marker but is not exactly "
+                              f"`{HIDDEN_BEGIN}` or `{HIDDEN_END}`; fix it so the check does not leak into the lab.")
+    begins = [n for n, mark in marks if mark == HIDDEN_BEGIN]
+    ends = [n for n, mark in marks if mark == HIDDEN_END]
+    if not ends:
+        raise SLMLabError(f"{where}: `{HIDDEN_BEGIN}` on line {begins[0]} has no matching `{HIDDEN_END}`; "
+                          f"end the cell with it.")
+    if not begins:
+        raise SLMLabError(f"{where}: `{HIDDEN_END}` on line {ends[0]} has no `{HIDDEN_BEGIN}` before it; "
+                          f"start the cell with it.")
+    filled = [n for n, line in enumerate(lines, 1) if line.strip()]
+    if begins != [filled[0]] or ends != [filled[-1]]:
+        raise SLMLabError(f"{where}: a hidden check is a whole cell, its first line `{HIDDEN_BEGIN}` and its last "
+                          f"`{HIDDEN_END}`; move the hidden check into a check cell of its own.")
+    meta = cell.metadata.get("slm_lab")
+    if not (isinstance(meta, dict) and "check" in meta):
+        raise SLMLabError(f"{where}: this hidden cell is not a check cell, so grading could not count it; give it "
+                          f"check metadata (percent scripts: `# %% check id=... points=...`).")
+    return True
+
+
+def hidden_ids(nb, where: str) -> list[str]:
+    """The ids of the solution's hidden check cells, in order (every code cell's markers are validated)."""
+    return [cell.metadata["slm_lab"]["check"] for i, cell in enumerate(nb.cells, 1)
+            if is_hidden(cell, f"{where}, cell {i}")]
+
+
 def check_ids(nb, where: str) -> dict:
     """The solution's check cells by id, in order; duplicate ids or bad points are an error."""
     checks: dict = {}
@@ -95,12 +144,19 @@ def build_lab(solution, name: str, where: str):
     """The lab notebook for one solution notebook (a new object; the solution is not changed)."""
     check_ids(solution, where)
     lab = copy.deepcopy(solution)
+    kept = []
     for i, cell in enumerate(lab.cells, 1):
+        if is_hidden(cell, f"{where}, cell {i}"):
+            continue
+        kept.append(cell)
         if cell.cell_type == "code":
             cell.source = strip_solution(cell.source, f"{where}, cell {i}")
             cell.outputs = []
             cell.execution_count = None
         cell.metadata.pop("execution", None)    # nbclient's timing stamps belong to the solution run
+    lab.cells = kept
+    for key in (STAMP_KEY, "widgets"):
+        lab.metadata.pop(key, None)
     try:
         notebooks.stamp(lab, f"labs/{name}")
     except ValueError:
@@ -123,7 +179,6 @@ def expected_labs(solutions: Path) -> dict[str, str]:
         raise SLMLabError(f"no solutions directory at {solutions}; pass --solutions DIR.")
     return {path.name: render(build_lab(read_notebook(path), path.name, str(path)))
             for path in sorted(solutions.glob("*.ipynb"))}
-
 
 
 def differences(expected: dict[str, str], labs: Path) -> list[str]:
