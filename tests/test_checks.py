@@ -310,6 +310,29 @@ def encode_latest_first(text, merges):
     return ids
 
 
+def train_code_points(text, vocab_size):
+    """Held-out mistake: BPE over Unicode code points (ord) instead of UTF-8 bytes."""
+    ids, merges = [ord(c) for c in text], {}
+    for new_id in range(256, vocab_size):
+        counts = pairs_good(ids)
+        pair = max(counts, key=counts.get)
+        ids = merge_good(ids, pair, new_id)
+        merges[pair] = new_id
+    return merges
+
+
+def encode_most_frequent_first(text, merges):
+    """Held-out mistake: merge the learned pair most frequent in this text first, not the earliest learned."""
+    ids = list(text.encode("utf-8"))
+    while True:
+        counts = pairs_good(ids)
+        known = [p for p in counts if p in merges]
+        if not known:
+            return ids
+        pair = max(known, key=counts.get)
+        ids = merge_good(ids, pair, merges[pair])
+
+
 def test_lab01_checks():
     m01.check_pair_counts(pairs_good)
     rejects(m01.check_pair_counts, todo, match="not done yet")
@@ -325,12 +348,15 @@ def test_lab01_checks():
     rejects(m01.check_train_bpe, todo, match="not done yet")
     rejects(m01.check_train_bpe, train_least_frequent, match="always merge the most frequent pair")
     rejects(m01.check_train_bpe, train_one_short, match="learned 19 merges, expected 276 - 256 = 20")
+    rejects(m01.check_train_bpe, train_code_points, match="trains on Unicode code points")
 
     merges = train_good(m01.SAMPLE, 300)
     m01.check_round_trip(encode_good, decode_good, merges)
     rejects(m01.check_round_trip, todo, decode_good, merges, match="not done yet")
     rejects(m01.check_round_trip, encode_good, decode_per_token, merges, match="decode(encode(text)) != text")
     rejects(m01.check_round_trip, encode_latest_first, decode_good, merges, match="earliest-learned merge first")
+    rejects(m01.check_round_trip, encode_most_frequent_first, decode_good, merges,
+            match="applies the pair most frequent in the text first")
 
 
 # ----------------------------------------------------------------------- 00 ----

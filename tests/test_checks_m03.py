@@ -60,6 +60,9 @@ def test_kv_cache_check():
     rejects(m03.check_kv_cache, lambda c, t, b, bits: kv_good(c, t, 1, bits), match="missing the batch")
     rejects(m03.check_kv_cache, lambda c, t, b, bits: kv_good(c, t, b, bits) * 8 / b, match="expected")
     rejects(m03.check_kv_cache, lambda c, t, b, bits: kv_good(c, t, b, bits) + 1, match="expected")
+    # held out: bits ignored (always 16-bit numbers) — a factor 2 off on the 32-bit case, but not "missing the factor 2"
+    msg = rejects(m03.check_kv_cache, lambda c, t, b, bits: kv_good(c, t, b, 16), match="the bits argument is ignored")
+    assert "factor 2" not in msg
 
 
 def test_kv_reference_is_the_real_cache():
@@ -123,3 +126,18 @@ def test_latency_check():
     rejects(m03.check_latency, lambda m, p, n: decode_good(m, p, n // 4) and decode_good(m, p, n // 4),
             match="decode steps")
     rejects(m03.check_latency, lambda m, p, n: (decode_good(m, p, n), -1.0)[1], match="positive number")
+    # held out: the prompt tokens counted as generated, and the prefill inside the timed region
+    rejects(m03.check_latency, lambda m, p, n: decode_good(m, p, n) * (p + n) / n, match="count only the new tokens")
+    rejects(m03.check_latency, decode_timing_prefill, match="your timing includes the prefill")
+
+
+def decode_timing_prefill(model, prompt_len, new_tokens):
+    idx = torch.randint(0, model.cfg.vocab_size, (1, prompt_len))
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(idx, use_cache=True)
+        cache, nxt = out.kv_cache, out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            out = model(nxt, kv_cache=cache)
+            cache, nxt = out.kv_cache, out.logits[:, -1:].argmax(-1)
+        return new_tokens / (time.perf_counter() - t0)

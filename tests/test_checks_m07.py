@@ -9,7 +9,8 @@ from slm_lab.checks import m07
 from checking import rejects
 
 
-def make_lora(init_B=torch.zeros, scale=lambda r, a: a / r, freeze=True, a_shape=None, zero_A=False, detach_A=False):
+def make_lora(init_B=torch.zeros, scale=lambda r, a: a / r, freeze=True, a_shape=None, zero_A=False, detach_A=False,
+              data=False):
     """A student's LoRALinear with one knob per plausible mistake."""
     class Student(nn.Module):
         def __init__(self, base, r, alpha):
@@ -25,6 +26,8 @@ def make_lora(init_B=torch.zeros, scale=lambda r, a: a / r, freeze=True, a_shape
 
         def forward(self, x):
             A = self.lora_A.detach() if detach_A else self.lora_A
+            if data:                                  # both adapters through .data: nothing to backpropagate
+                return self.base(x) + (x @ self.lora_A.data.T @ self.lora_B.data.T) * self.scaling
             return self.base(x) + (x @ A.T @ self.lora_B.T) * self.scaling
     return Student
 
@@ -48,6 +51,9 @@ def test_lora_linear_check():
     rejects(m07.check_lora_linear, make_lora(a_shape=lambda r, base: (base.in_features, r)),
             match="(A maps in → r, B maps r → out)")
     rejects(m07.check_lora_linear, make_lora(detach_A=True), match="no gradient reaches lora_A")
+    # held out: floor division (right for alpha 6, r 3 only), and a forward on .data (backward used to crash)
+    rejects(m07.check_lora_linear, make_lora(scale=lambda r, a: a // r), match="the scale uses floor division")
+    rejects(m07.check_lora_linear, make_lora(data=True), match="loss.backward() fails")
 
 
 def merge_good(layer):

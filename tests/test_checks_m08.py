@@ -31,6 +31,8 @@ def make_decode(position=-1, cache="keep", return_prompt=True, extra_call=False)
                 feed_ids, past = [ids[-1]], (presents if step == 0 else past)
             elif cache == "all_tokens":                   # feeds the whole sequence with the cache
                 feed_ids, past = ids, presents
+            elif cache == "swap_kv":                      # K and V caches swapped (same shapes: no error)
+                feed_ids, past = [ids[-1]], [presents[i ^ 1] for i in range(len(presents))]
         return ids if return_prompt else ids[len(prompt_ids):]
     return greedy_generate
 
@@ -44,6 +46,9 @@ def test_greedy_decode_check():
     rejects(m08.check_greedy_decode, make_decode(cache="stale"), match="pass the presents returned by the previous call")
     rejects(m08.check_greedy_decode, make_decode(cache="all_tokens"), match="feed only the newest token")
     rejects(m08.check_greedy_decode, make_decode(return_prompt=False), match="returned only the 12 new tokens")
+    # held out: K and V swapped — used to be told to take the argmax at the last position
+    msg = rejects(m08.check_greedy_decode, make_decode(cache="swap_kv"), match="the keys and values are swapped")
+    assert "argmax" not in msg
 
 
 def test_reference_model_is_sensitive_to_position():

@@ -71,7 +71,8 @@ def tiled(q, k, v, causal=False, block_q=32, block_k=32, mistake=None):
         qi = q[:, :, q0:q1] / math.sqrt(d)
         m = torch.full((B, H, q1 - q0), float("-inf"))
         l, acc = torch.zeros(B, H, q1 - q0), torch.zeros(B, H, q1 - q0, d)
-        for k0 in range(0, min(N, q1) if causal else N, block_k):
+        hi = min(N, (q0 // block_q + 1) * block_k) if mistake == "square_tiles" else min(N, q1)
+        for k0 in range(0, hi if causal else N, block_k):
             k1 = min(k0 + block_k, N)
             s = qi @ k[:, :, k0:k1].transpose(-2, -1)
             if causal:
@@ -138,6 +139,8 @@ def test_tiled_check():
     rejects(m09.check_tiled, planted("last_tile_sum"), match="wrong final normalisation")
     rejects(m09.check_tiled, planted("lse_no_max"), match="lse misses the max")
     rejects(m09.check_tiled, planted("lse_base2"), match="lse is in base 2")
+    # held out: the causal loop counts key tiles as if block_k == block_q (right for 16 × 16 tiles only)
+    rejects(m09.check_tiled, planted("square_tiles"), match="whatever block_k is")
     rejects(m09.check_tiled, tiled_full_matrix, match="full (B, H, N, N) score matrix")
     m09.check_tiled(tiled_with_full_mask)                 # an (N × N) boolean mask is not the score matrix
     rejects(m09.check_tiled, lambda *a, **kw: planted(None)(*a, **kw)[0], match="should return (out, lse)")
@@ -201,6 +204,9 @@ MISTAKES = {
     "causal_next": [("offs_m[:, None] >= cols[None, :]", "offs_m[:, None] + 1 >= cols[None, :]")],
     "no_division": [("acc = acc / l_i[:, None]", "acc = acc")],
     "last_tile_sum": [("acc = acc / l_i[:, None]", "acc = acc / tl.sum(p, 1)[:, None]")],
+    "no_upcast": [("    if UPCAST:\n        q = q.to(tl.float32)\n", ""),
+                  ("        if UPCAST:\n            k = k.to(tl.float32)\n            v = v.to(tl.float32)\n", "")],
+    "no_col_mask": [("keep = cols[None, :] < N", "keep = cols[None, :] >= 0")],
     "stub": [("    pid_m = tl.program_id(0)\n", "    raise NotImplementedError\n    pid_m = tl.program_id(0)\n")],
 }
 
@@ -236,6 +242,9 @@ def test_triton_check_accepts_the_lab_kernel_and_the_package_kernel(tmp_path):
     ("causal_next", "off by one"),
     ("no_division", "wrong final normalisation"),
     ("last_tile_sum", "wrong final normalisation"),
+    # held out: no float32 upcast (only fp32 was fed), and keys j ≥ N left unmasked (told "normalisation")
+    ("no_upcast", "cast q, k and v to float32"),
+    ("no_col_mask", "keys beyond N are not masked"),
 ])
 def test_triton_check_rejects(tmp_path, mistake, match):
     rejects(m09.check_triton_kernel, load_kernel(tmp_path, mistake), match=match)

@@ -47,6 +47,8 @@ def check_answer(check_id: str, value) -> None:
 
 def check_fits(answer: dict, budget_gb: float = 8.0) -> None:
     """answer: {model name: True/False}, does the model's fp16 weights fit in budget_gb? (sizes from FIT_MODELS)."""
+    if answer is None:
+        fail("00.fits: not done yet — replace None with your dict of True/False answers.")
     if not isinstance(answer, dict) or set(answer) != set(FIT_MODELS):
         fail(f"00.fits: give a dict with exactly these keys: {sorted(FIT_MODELS)}.")
     for name, params in FIT_MODELS.items():

@@ -12,6 +12,8 @@ from . import call, fail, passed
 
 SAMPLE = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
           "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles. " * 3)
+# Non-ASCII text: a trainer over code points (ord) instead of UTF-8 bytes learns other merges here.
+UNICODE_SAMPLE = "naïve café ☕, déjà vu, 東京 🤖. " * 6 + SAMPLE[:120]
 
 
 def _random_ids(rng, n, hi=6):
@@ -75,15 +77,53 @@ def check_train_bpe(train_bpe) -> None:
     if list(merges.values()) != list(range(256, 276)):
         fail(f"{what}: new ids should be 256, 257, … in the order the merges were learned, "
              f"got {list(merges.values())[:5]}….")
-    ids = list(SAMPLE.encode("utf-8"))
+    _replay(what, list(SAMPLE.encode("utf-8")), merges)
+    n = 12
+    merges = call(train_bpe, UNICODE_SAMPLE, 256 + n, what=what)
+    if not isinstance(merges, dict) or len(merges) != n:
+        fail(f"{what}(non-ASCII text, vocab_size={256 + n}) should learn {n} merges, got "
+             f"{len(merges) if isinstance(merges, dict) else type(merges).__name__}.")
+    if _first_bad_merge(list(UNICODE_SAMPLE.encode("utf-8")), merges) is not None and \
+            _first_bad_merge([ord(c) for c in UNICODE_SAMPLE], merges) is None:
+        fail(f"{what} trains on Unicode code points (ord(c)), not UTF-8 bytes: on {UNICODE_SAMPLE[:12]!r} its merges "
+             "join code points like 233 ('é') or 9749 ('☕') — start from list(text.encode('utf-8')).")
+    _replay(f"{what} (non-ASCII text)", list(UNICODE_SAMPLE.encode("utf-8")), merges)
+    passed("train_bpe", "20 merges, each the most frequent pair")
+
+
+def _first_bad_merge(ids: list[int], merges: dict):
+    """(step, pair, its count, the best count) of the first merge that is not a most frequent pair, or None."""
     for step, (pair, new_id) in enumerate(merges.items()):
         counts = package.get_pair_counts(ids)
-        best = max(counts.values())
-        if counts.get(tuple(pair), 0) != best:
-            fail(f"{what}: merge {step + 1} joins {pair}, which occurs {counts.get(tuple(pair), 0)} times, "
-                 f"but the most frequent pair occurs {best} times — always merge the most frequent pair.")
+        best = max(counts.values(), default=0)
+        if counts.get(tuple(pair), 0) != best or best == 0:
+            return step, pair, counts.get(tuple(pair), 0), best
         ids = package.merge(ids, tuple(pair), new_id)
-    passed("train_bpe", "20 merges, each the most frequent pair")
+    return None
+
+
+def _replay(what: str, ids: list[int], merges: dict) -> None:
+    bad = _first_bad_merge(ids, merges)
+    if bad is not None:
+        step, pair, count, best = bad
+        fail(f"{what}: merge {step + 1} joins {pair}, which occurs {count} times, "
+             f"but the most frequent pair occurs {best} times — always merge the most frequent pair.")
+
+
+def _most_frequent_first(ids: list[int], merges: dict) -> list[int]:
+    """The mistake: apply the learned pair most frequent in this text first, instead of the earliest learned."""
+    while True:
+        counts = package.get_pair_counts(ids)
+        known = [p for p in counts if p in merges]
+        if not known:
+            return ids
+        pair = max(known, key=lambda p: counts[p])
+        ids = package.merge(ids, pair, merges[pair])
+
+
+# Merges where the order matters: "ab" was learned first, but "bc" is more frequent in "abcbcbc".
+_ORDER_MERGES = {(97, 98): 256, (98, 99): 257}
+_ORDER_TEXT = "abcbcbc"
 
 
 def reference_merges(vocab_size: int = 300) -> dict:
@@ -96,18 +136,22 @@ def check_round_trip(encode, decode, merges: dict | None = None) -> None:
     merges = reference_merges() if merges is None else merges
     rng = random.Random(2)
     texts = [SAMPLE[:200], "", "a", "naïve café — 東京 🤖", "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(100))]
-    for text in texts:
-        ref = package.apply_merges(list(text.encode("utf-8")), merges)
-        ids = call(encode, text, merges, what="encode")
+    cases = [(text, merges) for text in texts] + [(_ORDER_TEXT, _ORDER_MERGES)]
+    for text, table in cases:
+        ref = package.apply_merges(list(text.encode("utf-8")), table)
+        ids = call(encode, text, table, what="encode")
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
             fail(f"encode should return a list of ints, got {type(ids).__name__}.")
-        back = call(decode, ids, merges, what="decode")
+        back = call(decode, ids, table, what="decode")
         if back != text:
             fail(f"decode(encode(text)) != text for {text[:30]!r}: got {str(back)[:30]!r} — decode the bytes of all "
                  "tokens together with .decode('utf-8'), not token by token.")
         if ids != ref:
-            fail(f"encode({text[:20]!r}…) gives {len(ids)} tokens, the reference gives {len(ref)} — apply the "
-                 "earliest-learned merge first (lowest new id), repeating until none applies.")
+            if ids == _most_frequent_first(list(text.encode("utf-8")), table):
+                fail(f"encode({text[:20]!r}) applies the pair most frequent in the text first, giving {ids[:8]}; "
+                     f"expected {ref[:8]} — apply the earliest-learned merge first (lowest new id), not the commonest.")
+            fail(f"encode({text[:20]!r}…) gives {len(ids)} tokens {ids[:6]}, the reference gives {len(ref)} {ref[:6]} — "
+                 "apply the earliest-learned merge first (lowest new id), repeating until none applies.")
     if len(call(encode, SAMPLE, merges, what="encode")) >= len(SAMPLE.encode("utf-8")):
         fail("encode does not compress: the merges should make the text shorter than its bytes.")
     passed("encode/decode", "exact round trip on Unicode, merges in order")

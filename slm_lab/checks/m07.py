@@ -15,11 +15,13 @@ from .. import lora as package
 from . import call, expect_close, expect_tensor, fail, passed
 
 IN, OUT, R, ALPHA = 12, 10, 3, 6.0          # scaling alpha / r = 2
+# Further layers for check_lora_linear: other sizes, and alpha / r not whole, so alpha // r ≠ alpha / r.
+_LAYERS = ((IN, OUT, R, ALPHA), (7, 9, 3, 8.0), (16, 5, 4, 10.0))
 
 
-def _base(seed: int = 0, bias: bool = True) -> nn.Linear:
+def _base(seed: int = 0, bias: bool = True, n_in: int = IN, n_out: int = OUT) -> nn.Linear:
     torch.manual_seed(seed)
-    return nn.Linear(IN, OUT, bias=bias)
+    return nn.Linear(n_in, n_out, bias=bias)
 
 
 def _param(layer, name: str, shape: tuple, what: str) -> nn.Parameter:
@@ -40,6 +42,8 @@ def _scale_slip(factor: float, r: int, alpha: float) -> str | None:
              r / alpha: "the scale is inverted: use alpha / r, not r / alpha",
              alpha * r: "the update is scaled by alpha · r, not alpha / r",
              1.0 / r: "the update is scaled by 1 / r, not alpha / r"}
+    if alpha // r != alpha / r:
+        slips[alpha // r] = f"the scale uses floor division: alpha // r = {alpha // r:g}, use alpha / r"
     for value, msg in slips.items():
         if abs(factor - value) < 1e-3 * max(1.0, abs(value)):
             return msg
@@ -48,10 +52,16 @@ def _scale_slip(factor: float, r: int, alpha: float) -> str | None:
 
 def check_lora_linear(LoRALinear) -> None:
     """LoRALinear(base: nn.Linear, r, alpha): frozen base + (alpha / r)·B·A·x with A (r, in), B (out, r) = 0."""
+    for seed, (n_in, n_out, r, alpha) in enumerate(_LAYERS):
+        _check_lora_layer(LoRALinear, seed, n_in, n_out, r, alpha)
+    passed("LoRA layer", "B = 0 at start, frozen base, alpha / r scaling, gradients")
+
+
+def _check_lora_layer(LoRALinear, seed: int, IN: int, OUT: int, R: int, ALPHA: float) -> None:  # noqa: N803
     what = "LoRALinear"
-    base = _base()
+    base = _base(seed, n_in=IN, n_out=OUT)
     w0, b0 = base.weight.detach().clone(), base.bias.detach().clone()
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + seed)
     x = torch.randn(4, 5, IN, generator=g)
     A_trained, B_trained = torch.randn(R, IN, generator=g), torch.randn(OUT, R, generator=g)
     reference = package.LoRALinear(copy.deepcopy(base), R, ALPHA)
@@ -97,7 +107,11 @@ def check_lora_linear(LoRALinear) -> None:
         expect_close(out, ref, what=what, atol=1e-4,
                      hint="output = base(x) + (alpha / r) · (x @ A.T) @ B.T")
     loss = call(layer, x, what=what).pow(2).sum()
-    loss.backward()
+    try:                                         # outside call(): a forward built on .data cannot backpropagate
+        loss.backward()
+    except RuntimeError as exc:
+        fail(f"{what}: loss.backward() fails ({str(exc).splitlines()[0]}) — no gradient reaches lora_A or lora_B; "
+             "use the parameters themselves in forward (no .data, .detach(), no copy).")
     for name, p in (("lora_A", A), ("lora_B", B)):
         if p.grad is None or p.grad.abs().max() == 0:
             fail(f"{what}: no gradient reaches {name} — use the parameter itself in forward (no .data, .detach(), no copy).")
@@ -105,7 +119,6 @@ def check_lora_linear(LoRALinear) -> None:
         fail(f"{what}: the base weight received a gradient — it should be frozen.")
     if not (torch.equal(base.weight.detach(), w0) and torch.equal(base.bias.detach(), b0)):
         fail(f"{what} changed the base layer's weights — the base must stay exactly as it was.")
-    passed("LoRA layer", "B = 0 at start, frozen base, alpha / r scaling, gradients")
 
 
 def _lora(seed: int = 0, bias: bool = True):

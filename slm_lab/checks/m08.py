@@ -46,12 +46,23 @@ class RecordingSession:
     def __init__(self, session) -> None:
         self._session = session
         self.calls: list[tuple[int, int]] = []
+        self.swapped_kv = False               # a past_key_i was the previous call's present_value_i
+        self._presents: dict = {}
 
     def run(self, output_names, feed, *args, **kwargs):
+        import numpy as np
+
         ids, past = (feed.get(name) for name in input_names(1)[:2])     # input_ids, past_key_0
         if ids is not None and past is not None:
             self.calls.append((int(ids.shape[-1]), int(past.shape[2])))
-        return self._session.run(output_names, feed, *args, **kwargs)
+        key, value = (self._presents.get(f"present_{kv}_0") for kv in ("key", "value"))
+        if past is not None and key is not None and value is not None and past.shape == value.shape \
+                and np.array_equal(past, value) and not np.array_equal(past, key):
+            self.swapped_kv = True
+        outs = self._session.run(output_names, feed, *args, **kwargs)
+        names = output_names or [o.name for o in self._session.get_outputs()]
+        self._presents = dict(zip(names, outs, strict=False))
+        return outs
 
     def __getattr__(self, name):              # get_inputs, get_outputs, get_modelmeta, ...
         return getattr(self._session, name)
@@ -116,6 +127,9 @@ def check_greedy_decode(greedy_generate) -> None:
         _diagnose(session.calls, len(prompt), n, what)
         if out[:len(prompt)] != list(prompt):
             fail(f"{what}: the returned ids do not start with the prompt.")
+        if out != ref and session.swapped_kv:
+            fail(f"{what}: the keys and values are swapped — a past_key was fed the previous call's present_value; "
+                 "pass present_key_i as past_key_i and present_value_i as past_value_i.")
         if out != ref:
             i = next(i for i, (a, b) in enumerate(zip(out, ref, strict=True)) if a != b)
             fail(f"{what}: token {i} is {out[i]}, PyTorch's greedy decoding gives {ref[i]} — take the argmax of the "

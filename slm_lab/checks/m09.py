@@ -116,11 +116,20 @@ def check_merge(merge_softmax_stats) -> None:
 
 
 # ----------------------------------------------- shared: tiled attention and the kernel ----
+def _padded_keys(q, k, v, bk):
+    """The mistake of not masking keys j ≥ N in the last key tile: zero keys and values up to a multiple of bk."""
+    N = k.shape[-2]
+    pad = -N % bk
+    k, v = (torch.cat([t, t.new_zeros(*t.shape[:-2], pad, t.shape[-1])], -2) for t in (k, v))
+    return package.naive_attention(q.double(), k.double(), v.double())
+
+
 def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device: str = "cpu",
-              atol: float = 1e-4) -> None:
+              atol: float = 1e-4, shape: tuple[int, int, int, int] = (1, 2, 50, 16), seed: int = 0) -> None:
     """Run attend(q, k, v, causal, block_q, block_k) → (out, lse) through the probes, first problem wins."""
-    q, k, v = _qkv(device=device)
-    qb, kb, vb = _qkv(seed=1, scale=12.0, device=device)
+    B, H, N, d = shape
+    q, k, v = _qkv(B, H, N, d, seed=seed, device=device)
+    qb, kb, vb = _qkv(B, H, N, d, seed=seed + 1, scale=12.0, device=device)
     ref_out, ref_lse = _reference(q, k, v)
     ref_b, _ = _reference(qb, kb, vb)
     ref_c, ref_lse_c = _reference(q, k, v, causal=True)
@@ -140,6 +149,9 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
     out1, _ = run(q, k, ones, False, single, single, " (one tile)")
     if torch.isnan(out1).any():
         fail(f"{what}: NaN with a single key tile — check the division by l (is l zero?).")
+    if not _close(out1, ones, atol) and -N % single and _close(out1, _padded_keys(q, k, ones, single), atol):
+        fail(f"{what}: keys beyond N are not masked — the last key tile reads past the end (zeros, from other=0.0) "
+             "and their exp(0 - m) counts in l; set the scores of columns ≥ N to -inf.")
     if not _close(out1, ones, atol):
         fail(f"{what}: wrong final normalisation — with v = 1 every output must be 1; divide acc by l "
              "(the running sum of exp), once, after the last key tile.")
@@ -195,8 +207,10 @@ def _diagnose(attend, what: str, *, multi: tuple[int, int], single: int, device:
             fail(f"{what} (causal): the output at position {t} changed when only key {t + 1} changed — the mask "
                  "is off by one: query i may see keys j ≤ i, never j = i + 1.")
     if not _close(outc, ref_c, atol):
-        fail(f"{what} (causal): values are off by up to {_err(outc, ref_c):.3g} — mask scores with j > i to -inf "
-             "in the tiles that cross the diagonal, and skip only tiles that lie entirely after it.")
+        fail(f"{what} (causal, block_q={bq}, block_k={bk}, N={N}): values are off by up to {_err(outc, ref_c):.3g} — "
+             "a query tile needs the keys up to its last row, min(N, q0 + block_q), whatever block_k is; "
+             "mask scores with j > i to -inf in the tiles that cross the diagonal, and skip only tiles that lie "
+             "entirely after it.")
     if not _close(lsec, ref_lse_c, atol):
         fail(f"{what} (causal): lse is off by up to {_err(lsec, ref_lse_c):.3g} — masked keys must not count in l.")
 
@@ -230,6 +244,9 @@ def check_tiled(tiled_attention) -> None:
         return tiled_attention(q, k, v, causal=causal, block_q=bq, block_k=bk)
 
     _diagnose(attend, what, multi=(16, 16), single=64)
+    # Tiles that are not square (either way), other shapes and head sizes: right only for 16 × 16 is not right.
+    _diagnose(attend, what, multi=(32, 16), single=64, shape=(2, 3, 45, 8), seed=5)
+    _diagnose(attend, what, multi=(8, 24), single=48, shape=(1, 2, 37, 32), seed=7)
     B, H, N = 1, 3, 96
     q, k, v = _qkv(B=B, H=H, N=N, seed=3)
     res, biggest = _largest_scores_tensor(lambda: call(attend, q, k, v, True, 16, 16, what=what))
@@ -270,6 +287,18 @@ def check_triton_kernel(kernel) -> None:
 
     atol = 1e-4 if device == "cpu" else 2e-3                       # GPU fp32 tl.dot uses TF32
     _diagnose(attend, what, multi=(32, 16), single=64, device=device, atol=atol)
+    _diagnose(attend, what, multi=(16, 16), single=64, device=device, atol=atol, shape=(2, 1, 37, 32), seed=5)
+    # Half precision: the interpreter's bfloat16 arithmetic is wrong unless what is loaded is cast to float32 under
+    # UPCAST (on a GPU tl.dot takes bf16 directly); fp16 for the record, bf16 for the mistake.
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v = (t.to(dtype) for t in _qkv(1, 2, 40, 16, seed=9, device=device))
+        ref_out, _ = _reference(q, k, v, causal=True)
+        out, _ = attend(q, k, v, True, 32, 16)
+        expect_tensor(out, what=f"{what} ({dtype}): out", shape=q.shape)
+        if not _close(out, ref_out, 2e-2):
+            name = str(dtype).removeprefix("torch.")
+            fail(f"{what}: with {name} inputs values are off by up to {_err(out, ref_out):.3g} (float32 inputs pass) — "
+                 "when UPCAST is set, cast q, k and v to float32 right after loading them (x.to(tl.float32)).")
     passed("Triton attention kernel", f"{'interpreter' if device == 'cpu' else 'compiled on the GPU'}: "
            "normalisation, rescaling, lse, causal mask, large inputs")
 
