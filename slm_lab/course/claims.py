@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .notebooks import executed_notebooks
+
 # A number: 1,234,567.89 | 1234.5 | .5 | 3e-3, then an optional scale suffix.
 _NUM = r"(?<![\w.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)"
 _SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12,
@@ -256,10 +258,6 @@ def _read(path: Path):
     return nbformat.read(path, as_version=4)
 
 
-def course_notebooks(root: Path) -> list[Path]:
-    return sorted((root / "notebooks").glob("*.ipynb")) + sorted((root / "solutions").glob("*.ipynb"))
-
-
 def check_notebook(path: Path, root: Path, literature: list[float] | None = None) -> Report:
     """A notebook's prose against its own stored outputs and code, the results files it reads, the literature."""
     nb = _read(path)
@@ -275,7 +273,7 @@ def check_slides(path: Path, root: Path, literature: list[float] | None = None) 
     module = path.name[:2]
     values = (literature if literature is not None else literature_sources()) + \
         results_sources(sorted((root / "benchmarks" / "results").glob("*.json")))
-    for nb_path in course_notebooks(root):
+    for nb_path in executed_notebooks(root):
         if nb_path.name[:2] <= module:
             values += notebook_sources(_read(nb_path))
     pool = Sources(values)
@@ -290,7 +288,7 @@ def check_readme(root: Path, literature: list[float] | None = None) -> Report:
     results = sorted((root / "benchmarks" / "results").glob("*.json"))
     notebooks = {p.name[:2]: p for p in sorted((root / "notebooks").glob("*.ipynb"))}
     everything = Sources(lit + results_sources(results)
-                         + [v for p in course_notebooks(root) for v in notebook_sources(_read(p))])
+                         + [v for p in executed_notebooks(root) for v in notebook_sources(_read(p))])
     figures, unbacked = [], []
     for line in (root / "README.md").read_text(encoding="utf-8").splitlines():
         named_nb = re.findall(r"notebook (\d\d)\b", line)
@@ -315,5 +313,5 @@ def check_course(root: Path) -> list[Report]:
     """Every notebook, deck and the README (what tests/test_claims.py asserts, in one call)."""
     lit = literature_sources()
     decks = sorted((root / "slides").glob("[0-9][0-9]_*.md"))
-    return ([check_notebook(p, root, lit) for p in course_notebooks(root)]
+    return ([check_notebook(p, root, lit) for p in executed_notebooks(root)]
             + [check_slides(p, root, lit) for p in decks] + [check_readme(root, lit)])

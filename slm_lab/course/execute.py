@@ -39,14 +39,14 @@ def timings_table(paths) -> str:
 
 
 def run(args) -> int:
-    from .notebooks import ROOT, execute
+    from .notebooks import execute, executed_notebooks
 
     if args.timings:
-        paths = args.notebooks or sorted([*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "solutions").glob("*.ipynb")])
+        paths = args.notebooks or executed_notebooks()
         print(timings_table(paths))
         return 0
     if args.stale:
-        paths = args.notebooks or sorted([*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "solutions").glob("*.ipynb")])
+        paths = args.notebooks or executed_notebooks()
         stale = stale_notebooks(paths)
         for path, reason in stale:
             print(f"stale  {path}: {reason}")

@@ -23,6 +23,11 @@ BADGE_IMG = "https://colab.research.google.com/assets/colab-badge.svg"
 SETUP_MARK = "# Setup: in Colab this installs the course package; elsewhere it does nothing."
 
 
+def executed_notebooks(root: Path = ROOT) -> list[Path]:
+    """The notebooks stored with outputs: lectures, then solved labs (labs/ are stored unexecuted)."""
+    return sorted((root / "notebooks").glob("*.ipynb")) + sorted((root / "solutions").glob("*.ipynb"))
+
+
 def colab_url(relpath: str | Path) -> str:
     return f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{BRANCH}/{Path(relpath).as_posix()}"
 
