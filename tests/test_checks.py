@@ -258,24 +258,23 @@ def merge_drops_last(ids, pair, new_id):
     return out
 
 
-def train_good(text, vocab_size):
-    ids, merges = list(text.encode("utf-8")), {}
+def _train(text, vocab_size, units=lambda t: list(t.encode("utf-8")), choose=max):
+    """A student's BPE trainer; `units` and `choose` let the planted mistakes differ in one place."""
+    ids, merges = units(text), {}
     for new_id in range(256, vocab_size):
         counts = pairs_good(ids)
-        pair = max(counts, key=counts.get)
+        pair = choose(counts, key=counts.get)
         ids = merge_good(ids, pair, new_id)
         merges[pair] = new_id
     return merges
+
+
+def train_good(text, vocab_size):
+    return _train(text, vocab_size)
 
 
 def train_least_frequent(text, vocab_size):
-    ids, merges = list(text.encode("utf-8")), {}
-    for new_id in range(256, vocab_size):
-        counts = pairs_good(ids)
-        pair = min(counts, key=counts.get)
-        ids = merge_good(ids, pair, new_id)
-        merges[pair] = new_id
-    return merges
+    return _train(text, vocab_size, choose=min)
 
 
 def train_one_short(text, vocab_size):
@@ -312,13 +311,7 @@ def encode_latest_first(text, merges):
 
 def train_code_points(text, vocab_size):
     """Held-out mistake: BPE over Unicode code points (ord) instead of UTF-8 bytes."""
-    ids, merges = [ord(c) for c in text], {}
-    for new_id in range(256, vocab_size):
-        counts = pairs_good(ids)
-        pair = max(counts, key=counts.get)
-        ids = merge_good(ids, pair, new_id)
-        merges[pair] = new_id
-    return merges
+    return _train(text, vocab_size, units=lambda t: [ord(c) for c in t])
 
 
 def encode_most_frequent_first(text, merges):
