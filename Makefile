@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 	@# the JupyterLab started from .venv finds it first.
 	$(BIN)/python -m ipykernel install --sys-prefix --name slm-lab --display-name "SLM Lab ($(CURDIR))" >/dev/null
 	@$(BIN)/python -m slm_lab.course.kernel remove-legacy
+	@# `slm-lab grade` runs each submission in a bubblewrap sandbox; as root on Debian/Ubuntu, install it.
+	@command -v bwrap >/dev/null 2>&1 || ! [ "$$(id -u)" = 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || true
+	@command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap is not installed, so slm-lab grade needs --no-sandbox (INSTRUCTORS.md)"
 	@touch $@
 	@echo "SLM Lab environment ready in $(VENV)"
 

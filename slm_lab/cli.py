@@ -152,7 +152,7 @@ def _course_tool(module: str, name: str):
 COMMANDS = {
     "execute": ("slm_lab.course.execute", "run notebooks top to bottom with a profile and store the outputs"),
     "make-labs": ("slm_lab.course.make_labs", "write labs/ from solutions/ (--check: fail if stale)"),
-    "grade": ("slm_lab.course.grade", "grade submitted labs with nbval into a gradebook CSV"),
+    "grade": ("slm_lab.course.grade", "grade submitted labs (sandboxed) into a gradebook CSV"),
     "slides": ("slm_lab.course.slides", "build the reveal.js slide decks"),
     "export": ("slm_lab.course.export_cmd",
                "export a checkpoint to ONNX (optionally int8 / int4) or the transformers format"),

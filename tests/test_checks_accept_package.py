@@ -184,3 +184,18 @@ def test_check_accepts_the_package(name, capsys):
 
 def test_every_entry_is_a_check():
     assert sorted(RUNS) == public_checks()
+
+
+# Checks whose task the package has no implementation of to refuse (the lab's step and report functions are
+# the tests' own adapters above), or whose package kernel is a Triton JIT object (not a Python function).
+NOTHING_TO_REFUSE = {"m00.check_answer", "m00.check_fits", "m02.check_train_step", "m04.check_distill_step",
+                     "m08.check_report", "m09.check_triton_kernel"}
+
+
+@pytest.mark.forbidding
+@pytest.mark.parametrize("name", sorted(set(public_checks()) - NOTHING_TO_REFUSE))
+def test_check_refuses_the_package_as_a_student_gets_it(name):
+    """As students run them, the checks switch the package's implementation off while the student's code runs —
+    also when it was imported before the check ran (`from slm_lab.model import apply_rope`)."""
+    with pytest.raises(slm_lab.checks.CheckFailed, match="write it yourself: this calls "):
+        RUNS[name]()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from .. import tokenizer as package
-from . import call, fail, passed
+from . import call, fail, forbids, passed
 
 SAMPLE = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
           "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles. " * 3)
@@ -20,6 +20,7 @@ def _random_ids(rng, n, hi=6):
     return [rng.randrange(hi) for _ in range(n)]
 
 
+@forbids("slm_lab.tokenizer.get_pair_counts")
 def check_pair_counts(get_pair_counts) -> None:
     """get_pair_counts(ids) → {(a, b): count} over adjacent pairs."""
     what = "get_pair_counts"
@@ -43,6 +44,7 @@ def check_pair_counts(get_pair_counts) -> None:
     passed("pair counts")
 
 
+@forbids("slm_lab.tokenizer.merge")
 def check_merge(merge) -> None:
     """merge(ids, pair, new_id) → a new list with every non-overlapping pair (left to right) replaced."""
     what = "merge"
@@ -66,6 +68,10 @@ def check_merge(merge) -> None:
     passed("merge")
 
 
+@forbids("slm_lab.tokenizer.BPETokenizer",
+         "slm_lab.tokenizer.get_pair_counts",
+         "slm_lab.tokenizer.merge",
+         "slm_lab.checks.m01.reference_merges")
 def check_train_bpe(train_bpe) -> None:
     """train_bpe(text, vocab_size) → {(a, b): new_id} with ids 256, 257, … in the order learned."""
     what = "train_bpe"
@@ -131,6 +137,7 @@ def reference_merges(vocab_size: int = 300) -> dict:
     return dict(package.BPETokenizer(pattern="").train(SAMPLE, vocab_size).merges)
 
 
+@forbids("slm_lab.tokenizer.BPETokenizer", "slm_lab.tokenizer.apply_merges", "slm_lab.checks.m01.reference_merges")
 def check_round_trip(encode, decode, merges: dict | None = None) -> None:
     """encode(text, merges) → ids and decode(ids, merges) → text: exact round trip, merges in learned order."""
     merges = reference_merges() if merges is None else merges

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import model as package
 from ..kernels.naive import naive_attention
-from . import call, expect_close, expect_tensor, fail, passed
+from . import call, expect_close, expect_tensor, fail, forbids, passed
 
 
 # ------------------------------------------------------- references and mistakes ----
@@ -60,6 +60,13 @@ def _qkv(B=2, H=3, T=7, hd=16, seed=0, scale=1.0):
 
 
 # ------------------------------------------------------------------- checks ----
+@forbids("slm_lab.kernels.naive.naive_attention",
+         "slm_lab.kernels.naive.attention_scores",
+         "slm_lab.kernels.tiled.tiled_attention",
+         "slm_lab.kernels.tiled.flash_attention",
+         "slm_lab.model.CausalSelfAttention",
+         "torch.nn.functional.scaled_dot_product_attention",
+         "torch.nn.MultiheadAttention")
 def check_attention(causal_attention) -> None:
     """causal_attention(q, k, v) with q, k, v of shape (B, H, T, hd) → (B, H, T, hd)."""
     what = "causal_attention"
@@ -102,14 +109,10 @@ def check_attention(causal_attention) -> None:
     passed("causal attention", "mask, scaling, normalisation, stability")
 
 
-def check_rmsnorm(RMSNorm) -> None:
-    """RMSNorm(dim, eps=1e-5): an nn.Module with a learnable `weight` (ones); normalises the last dim."""
+def _probe_rmsnorm(RMSNorm, weight, x, zero, small) -> tuple:
+    """Where the student's class lives (the kernel, when graded): build RMSNorm(16), set its weight, return
+    its outputs on x, on zeros, and of RMSNorm(16, eps=1e-2) on small."""
     what = "RMSNorm"
-    g = torch.Generator().manual_seed(0)
-    weight = torch.rand(16, generator=g) + 0.5
-    x = torch.randn(4, 5, 16, generator=g) * 3 + 1
-    ref, unweighted = _rmsnorm(x, weight, 1e-5), _rmsnorm(x, torch.ones(16), 1e-5)
-    ref_small = _rmsnorm(x * 1e-2, torch.ones(16), 1e-2)
     norm = call(RMSNorm, 16, what=f"{what}(16)")
     if not isinstance(norm, torch.nn.Module):
         fail(f"{what} should be an nn.Module subclass (class RMSNorm(nn.Module)).")
@@ -121,6 +124,20 @@ def check_rmsnorm(RMSNorm) -> None:
     with torch.no_grad():
         w.copy_(weight)                  # w is norm.weight, checked above
     out = call(norm, x, what=what)
+    return out, call(norm, zero, what=what), call(call(RMSNorm, 16, eps=1e-2, what=f"{what}(16, eps=1e-2)"), small,
+                                                   what=what)
+
+
+@forbids("slm_lab.model.RMSNorm", "torch.nn.RMSNorm", "torch.nn.functional.rms_norm")
+def check_rmsnorm(RMSNorm) -> None:
+    """RMSNorm(dim, eps=1e-5): an nn.Module with a learnable `weight` (ones); normalises the last dim."""
+    what = "RMSNorm"
+    g = torch.Generator().manual_seed(0)
+    weight = torch.rand(16, generator=g) + 0.5
+    x = torch.randn(4, 5, 16, generator=g) * 3 + 1
+    ref, unweighted = _rmsnorm(x, weight, 1e-5), _rmsnorm(x, torch.ones(16), 1e-5)
+    ref_small = _rmsnorm(x * 1e-2, torch.ones(16), 1e-2)
+    out, zero, small = call(_probe_rmsnorm, RMSNorm, weight, x, torch.zeros(2, 16), x * 1e-2, what=what)
     expect_tensor(out, what=what, shape=x.shape)
     if not _close(out, ref, atol=1e-4):
         if _close(out, F.layer_norm(x, (16,), weight, eps=1e-5), atol=1e-4):
@@ -129,15 +146,14 @@ def check_rmsnorm(RMSNorm) -> None:
             fail(f"{what}: the output is not multiplied by `weight`.")
         expect_close(out, ref, what=what, atol=1e-4,
                      hint="normalise over the last dimension: x / sqrt(mean(x²) + eps) · weight")
-    zero = call(norm, torch.zeros(2, 16), what=what)
-    if not torch.isfinite(zero).all():
+    if not torch.isfinite(expect_tensor(zero, what=what)).all():
         fail(f"{what}: an all-zero input gives NaN — add eps inside the square root.")
-    small = call(call(RMSNorm, 16, eps=1e-2, what=f"{what}(16, eps=1e-2)"), x * 1e-2, what=what)
     expect_close(small, ref_small, what=f"{what} with eps=1e-2", atol=1e-4,
                  hint="use the eps argument, inside the square root: sqrt(mean(x²) + eps)")
     passed("RMSNorm", "weight, values, eps")
 
 
+@forbids("slm_lab.model.apply_rope", "slm_lab.model.rope_tables", "slm_lab.model.rotate_half")
 def check_rope(apply_rope) -> None:
     """apply_rope(x, theta=10000.0): rotate x of shape (B, H, T, hd) by position, half-split pairs."""
     what = "apply_rope"
@@ -182,19 +198,31 @@ def _ref_step(model, opt, x, y, clip=1.0):
     return loss.item()
 
 
+def _probe_train_step(train_step, x, y, x2, y2) -> tuple:
+    """Two of the student's steps on a fresh tiny model: (first loss, did step 1 change the weights,
+    the parameters after step 2)."""
+    what = "train_step"
+    ours = _tiny_model()
+    opt = torch.optim.SGD(ours.parameters(), lr=1.0)       # a big step makes every mistake visible
+    before = copy.deepcopy(ours.state_dict())
+    loss = call(train_step, ours, opt, x, y, what=what)
+    changed = not all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
+    call(train_step, ours, opt, x2, y2, what=what)
+    return loss, changed, [p.detach().clone() for p in ours.parameters()]
+
+
+@forbids("slm_lab.train.train")
 def check_train_step(train_step) -> None:
     """train_step(model, optimizer, x, y) → float: zero grads, forward, backward, clip to 1.0, step."""
     what = "train_step"
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
     x2, y2 = torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
-    ours, ref = _tiny_model(), _tiny_model()
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=1.0)       # a big step makes every mistake visible
+    ref = _tiny_model()
     opt_ref = torch.optim.SGD(ref.parameters(), lr=1.0)
-    before = copy.deepcopy(ours.state_dict())
     expected_loss = _ref_step(ref, opt_ref, x, y)
     _ref_step(ref, opt_ref, x2, y2)
-    loss = call(train_step, ours, opt_ours, x, y, what=what)
+    loss, changed, params = call(_probe_train_step, train_step, x, y, x2, y2, what=what)
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             fail(f"{what} should return the loss, one number; got a tensor of shape {tuple(loss.shape)}.")
@@ -203,10 +231,11 @@ def check_train_step(train_step) -> None:
         fail(f"{what} should return the loss as a float, got {type(loss).__name__}.")
     if not math.isclose(loss, expected_loss, rel_tol=1e-4):
         fail(f"{what} returned loss {loss:.4f}, expected {expected_loss:.4f} — the loss of model(x, y) before the update.")
-    if all(torch.equal(before[k], v) for k, v in ours.state_dict().items()):
+    if not changed:
         fail(f"{what}: the parameters did not change — call optimizer.step() after loss.backward().")
-    call(train_step, ours, opt_ours, x2, y2, what=what)
-    if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), ref.parameters(), strict=True)):
+    if not (isinstance(params, list) and len(params) == len(list(ref.parameters()))
+            and all(isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+                    for a, b in zip(params, ref.parameters(), strict=False))):
         # Which mistake? Replay the alternatives from the same start.
         alt = _tiny_model()
         alt_opt = torch.optim.SGD(alt.parameters(), lr=1.0)
@@ -214,7 +243,7 @@ def check_train_step(train_step) -> None:
             alt(xb, yb).loss.backward()
             alt_opt.step()                                            # no clipping
             alt_opt.zero_grad()
-        if all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours.parameters(), alt.parameters(), strict=True)):
+        if all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params, alt.parameters(), strict=True)):
             fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) "
                  "before the step.")
         fail(f"{what}: after two steps the weights differ from the reference — zero the gradients every step "
@@ -222,6 +251,7 @@ def check_train_step(train_step) -> None:
     passed("train_step", "loss, update, zero_grad, clipping")
 
 
+@forbids("slm_lab.model.top_k_logits", "slm_lab.model.sample_next")
 def check_top_k(top_k_logits) -> None:
     """top_k_logits(logits, k): keep the k largest logits in each row, set the rest to -inf."""
     what = "top_k_logits"

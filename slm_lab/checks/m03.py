@@ -14,7 +14,7 @@ import torch
 
 from .. import sizing as package
 from ..latency import time_decode
-from . import CheckFailed, call, fail, passed
+from . import CheckFailed, Forbidden, call, fail, forbids, passed
 
 # Configs the student's count_params(config) receives: the course's SLMConfig keys.
 _KEYS = ("family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "bias",
@@ -80,6 +80,10 @@ def _param_slips(c: dict) -> dict[int, str]:
     return slips
 
 
+@forbids("slm_lab.sizing.count_parameters",
+         "slm_lab.sizing.total_params",
+         "slm_lab.sizing.hf_model_on_meta",
+         "slm_lab.checks.m03.reference_count")
 def check_param_count(count_params) -> None:
     """count_params(config: dict) → int, for the configs in PARAM_CONFIGS (SLMConfig keys)."""
     what = "count_params"
@@ -112,6 +116,7 @@ def _measured_kv_bytes(config: dict, context: int, batch: int) -> int:
     return sum(t.numel() * t.element_size() for layer in cache for t in layer)
 
 
+@forbids("slm_lab.sizing.kv_cache_bytes", "slm_lab.sizing.memory_needed")
 def check_kv_cache(kv_cache_bytes) -> None:
     """kv_cache_bytes(config: dict, context: int, batch: int, bits: int) → bytes of keys and values."""
     what = "kv_cache_bytes"
@@ -154,6 +159,7 @@ def check_kv_cache(kv_cache_bytes) -> None:
 
 
 # --------------------------------------------------------------- training FLOPs ----
+@forbids("slm_lab.sizing.training_flops", "slm_lab.sizing.training_cost")
 def check_training_flops(training_flops) -> None:
     """training_flops(n_params, n_tokens) → FLOPs to train (forward + backward)."""
     what = "training_flops"
@@ -225,6 +231,7 @@ def _check_calls(calls: list, what: str, prompt_len: int, new_tokens: int, compl
         fail(f"{what} made only {steps} decode steps; generate new_tokens={new_tokens} tokens and time them.")
 
 
+@forbids("slm_lab.latency.time_decode")
 def check_latency(decode_tokens_per_s, prompt_len: int = 64, new_tokens: int = 32) -> None:
     """decode_tokens_per_s(model, prompt_len, new_tokens) → measured decode speed in tokens/s (with the KV cache)."""
     threads = torch.get_num_threads()
@@ -237,29 +244,47 @@ def check_latency(decode_tokens_per_s, prompt_len: int = 64, new_tokens: int = 3
         torch.set_num_threads(threads)
 
 
+def _probe_latency(decode_tokens_per_s, prompt_len: int, new_tokens: int) -> tuple:
+    """Where the student's function lives: time it on a fresh recording model, with one thread;
+    ("ok", what it returned, the model's calls as (tokens, past)), or ("failed", the check's line, calls)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = _recording_model()
+    try:
+        return "ok", call(decode_tokens_per_s, model, prompt_len, new_tokens, what="decode_tokens_per_s"), model.calls
+    except Forbidden:
+        raise
+    except CheckFailed as exc:
+        return "failed", str(exc), model.calls
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _student_latency(decode_tokens_per_s, prompt_len: int, new_tokens: int, what: str):
+    kind, got, calls = call(_probe_latency, decode_tokens_per_s, prompt_len, new_tokens, what=what)
+    if kind == "failed":
+        if "not done yet" not in got:      # a crash caused by misusing the cache is better explained by the calls
+            _check_calls(calls, what, prompt_len, new_tokens, complete=False)
+        fail(got)
+    return got, calls
+
+
 def _check_latency(decode_tokens_per_s, prompt_len: int, new_tokens: int) -> None:
     what = "decode_tokens_per_s"
-    model = _recording_model()
-    ref = time_decode(model, prompt_len, new_tokens, repeats=3)
-    model.calls.clear()                  # from here on: the student's calls only
-    try:
-        got = call(decode_tokens_per_s, model, prompt_len, new_tokens, what=what)
-    except CheckFailed as exc:      # a crash caused by misusing the cache is better explained by the calls
-        if "not done yet" in str(exc):
-            raise
-        _check_calls(model.calls, what, prompt_len, new_tokens, complete=False)
-        raise
+    ref = time_decode(_recording_model(), prompt_len, new_tokens, repeats=3)
+    got, calls = _student_latency(decode_tokens_per_s, prompt_len, new_tokens, what)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got) or got <= 0:
         fail(f"{what} should return a positive number of tokens per second, got {got!r}.")
-    _check_calls(model.calls, what, prompt_len, new_tokens)
+    _check_calls(calls, what, prompt_len, new_tokens)
     tol = 1.5
     for _ in range(2):              # timings only get slower when disturbed: retry, keep the fastest of each
         if 1 / tol <= got / ref <= tol:
             break
-        got = max(got, float(call(decode_tokens_per_s, model, prompt_len, new_tokens, what=what)))
-        ref = max(ref, time_decode(model, prompt_len, new_tokens, repeats=3))
+        again = _student_latency(decode_tokens_per_s, prompt_len, new_tokens, what)[0]
+        got = max(got, float(again.item() if isinstance(again, torch.Tensor) else again))
+        ref = max(ref, time_decode(_recording_model(), prompt_len, new_tokens, repeats=3))
     if 1 / tol <= got / ref <= tol:
         passed("decode benchmark", f"{got:,.0f} tokens/s; reference {ref:,.0f} tokens/s")
         return

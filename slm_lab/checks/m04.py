@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distill as package
-from . import call, expect_tensor, fail, passed
+from . import call, expect_tensor, fail, forbids, passed
 
 B, T_LEN, V = 3, 5, 11
 
@@ -82,6 +82,7 @@ def _close(a: float, b: float | torch.Tensor) -> bool:
 
 
 # ------------------------------------------------------------------- checks ----
+@forbids("slm_lab.distill.distillation_loss", "slm_lab.distill.soft_kl")
 def check_distillation_loss(distillation_loss) -> None:
     """distillation_loss(student_logits, teacher_logits, targets, temperature, alpha) → a 0-d tensor:
     alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, targets); logits (B, T, V)."""
@@ -159,21 +160,39 @@ def _ref_step(student, teacher, opt, x, y, temp, alpha, clip=True):
     return loss.item()
 
 
-def _same(a, b) -> bool:
-    return all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+def _same_params(params, model) -> bool:
+    """params (a list of tensors, as a probe returns them) equal model's parameters."""
+    ref = list(model.parameters())
+    return (isinstance(params, list) and len(params) == len(ref)
+            and all(isinstance(p, torch.Tensor) and p.shape == q.shape and torch.allclose(p, q, atol=1e-5)
+                    for p, q in zip(params, ref, strict=True)))
 
 
+def _probe_distill_step(distill_step, batches: list, temp: float, alpha: float) -> dict:
+    """Two of the student's steps on fresh models: the first loss, what happened to the teacher, and the
+    student's parameters after each step."""
+    what = "distill_step"
+    student, teacher = _models()
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    loss = call(distill_step, student, teacher, opt, *batches[0], temp, alpha, what=what)
+    after_one = [p.detach().clone() for p in student.parameters()]
+    seen = {"loss": loss, "after_one": after_one,
+            "teacher_grads": any(p.grad is not None for p in teacher.parameters()),
+            "teacher_changed": any(not torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())}
+    call(distill_step, student, teacher, opt, *batches[1], temp, alpha, what=what)
+    return {**seen, "after_two": [p.detach().clone() for p in student.parameters()]}
+
+
+@forbids("slm_lab.distill.distill")
 def check_distill_step(distill_step) -> None:
     """distill_step(student, teacher, optimizer, x, y, temperature, alpha) → float: zero the student's
     gradients, teacher logits without gradients, distillation loss, backward, clip to 1.0, step."""
     what = "distill_step"
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, V, (4, 8), generator=g), torch.randint(0, V, (4, 8), generator=g)) for _ in range(2)]
-    student, teacher = _models()
     start, ref_teacher = _models()               # `start` stays as it was: the student before any step
     ref_student = copy.deepcopy(start)
-    teacher_before = copy.deepcopy(teacher.state_dict())
-    opt = torch.optim.SGD(student.parameters(), lr=0.5)
     ref_opt = torch.optim.SGD(ref_student.parameters(), lr=0.5)
     temp, alpha = 2.0, 0.7
     x, y = batches[0]
@@ -182,29 +201,29 @@ def check_distill_step(distill_step) -> None:
         fixed_knobs = package.distillation_loss(s0, t0, y, 2.0, 0.5).item()
     expected = _ref_step(ref_student, ref_teacher, ref_opt, x, y, temp, alpha)
     _ref_step(ref_student, ref_teacher, ref_opt, *batches[1], temp, alpha)
-    loss = call(distill_step, student, teacher, opt, x, y, temp, alpha, what=what)
+    seen = call(_probe_distill_step, distill_step, batches, temp, alpha, what=what)
+    loss = seen["loss"]
     if isinstance(loss, torch.Tensor):
         fail(f"{what} should return the loss as a Python float (loss.item()), not a tensor.")
     if not isinstance(loss, float):
         fail(f"{what} should return the loss as a float, got {type(loss).__name__}.")
-    if any(p.grad is not None for p in teacher.parameters()):
+    if seen["teacher_grads"]:
         fail(f"{what}: the teacher received gradients — compute its logits under torch.no_grad(); only the student learns.")
-    if any(not torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items()):
+    if seen["teacher_changed"]:
         fail(f"{what}: the teacher's weights changed — the optimizer must only hold the student's parameters.")
     if not math.isclose(loss, expected, rel_tol=1e-4):
         if math.isclose(loss, fixed_knobs, rel_tol=1e-4):
             fail(f"{what}: pass the temperature and alpha arguments on to the loss.")
         fail(f"{what} returned loss {loss:.4f}, expected {expected:.4f} — the distillation loss of the student's "
              "logits against the teacher's, before the update.")
-    if _same(student, start):
+    if _same_params(seen["after_one"], start):
         fail(f"{what}: the student's parameters did not change — call loss.backward() and optimizer.step().")
-    call(distill_step, student, teacher, opt, *batches[1], temp, alpha, what=what)
-    if not _same(student, ref_student):
+    if not _same_params(seen["after_two"], ref_student):
         alt, alt_teacher = _models()
         alt_opt = torch.optim.SGD(alt.parameters(), lr=0.5)
         for xb, yb in batches:
             _ref_step(alt, alt_teacher, alt_opt, xb, yb, temp, alpha, clip=False)
-        if _same(student, alt):
+        if _same_params(seen["after_two"], alt):
             fail(f"{what}: gradients are not clipped — call torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0) "
                  "before the step.")
         fail(f"{what}: after two steps the student differs from the reference — zero its gradients every step, "

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import quantize as package
-from . import call, expect_close, expect_tensor, fail, passed
+from . import call, expect_close, expect_tensor, fail, forbids, passed
 
 
 def _int4_groups(w, group_size=32):
@@ -76,6 +76,7 @@ def _within_half_step(w, w_hat, scale, what, why):
 
 
 # ------------------------------------------------------------------- checks ----
+@forbids("slm_lab.quantize.absmax_quantize", "slm_lab.quantize.dequantize")
 def check_absmax(absmax_quantize, dequantize) -> None:
     """absmax_quantize(w, bits=8) → (q int8 (rows, cols), scale (rows, 1)); dequantize(q, scale, zero=None)."""
     what = "absmax_quantize"
@@ -124,6 +125,7 @@ def check_absmax(absmax_quantize, dequantize) -> None:
     passed("absmax int8", "per-row scale, rounding, error ≤ scale/2, bits, zero rows")
 
 
+@forbids("slm_lab.quantize.zeropoint_quantize", "slm_lab.quantize.dequantize")
 def check_zeropoint(zeropoint_quantize, dequantize) -> None:
     """zeropoint_quantize(w, bits=8) → (q int8, scale (rows, 1), zero (rows, 1)); w ≈ (q - zero) · scale."""
     what = "zeropoint_quantize"
@@ -169,6 +171,7 @@ def check_zeropoint(zeropoint_quantize, dequantize) -> None:
     passed("zero-point int8", "scale, zero-point, dequantize, error ≤ scale/2")
 
 
+@forbids("slm_lab.quantize.quantize_groups", "slm_lab.quantize.dequantize_groups")
 def check_int4_groups(quantize_int4_groups) -> None:
     """quantize_int4_groups(w, group_size=32) → (q int8 in [-8, 7] (rows, cols), scale, zero (rows, cols // g))."""
     what = "quantize_int4_groups"
@@ -210,6 +213,7 @@ def check_int4_groups(quantize_int4_groups) -> None:
     passed("int4 group-wise", "range [-8, 7], groups along rows, zero-points, error ≤ scale/2")
 
 
+@forbids("slm_lab.quantize.pack_int4", "slm_lab.quantize.unpack_int4")
 def check_pack(pack_int4, unpack_int4) -> None:
     """pack_int4(q (rows, cols) int8 in [-8, 7]) → (rows, cols // 2) uint8, column 2j in the low 4 bits;
     unpack_int4(packed) → q."""
@@ -245,6 +249,19 @@ def check_pack(pack_int4, unpack_int4) -> None:
     passed("int4 packing", "all 16 values, nibble order, sign")
 
 
+def _probe_quantized_linear(QuantizedLinear, lin, lin_nb, x) -> tuple:
+    """Where the student's class lives: build it from both Linears; (its state_dict, its outputs on x)."""
+    what = "QuantizedLinear"
+    layer = call(QuantizedLinear, lin, what=f"{what}(linear)")
+    if not isinstance(layer, nn.Module):
+        fail(f"{what} should be an nn.Module subclass (class QuantizedLinear(nn.Module)).")
+    state = {k: t.detach() for k, t in layer.state_dict().items()}
+    y = call(layer, x, what=f"{what}.forward")
+    layer_nb = call(QuantizedLinear, lin_nb, what=f"{what}(linear without bias)")
+    return state, y, call(layer_nb, x[..., :64], what=f"{what}.forward (no bias)")
+
+
+@forbids("slm_lab.quantize.QuantizedLinear", "slm_lab.quantize.QuantizedWeight", "slm_lab.quantize.quantize_groups")
 def check_quantized_linear(QuantizedLinear) -> None:
     """QuantizedLinear(linear, group_size=32): int4 zero-point groups, packed; forward(x) = F.linear(x, Ŵ, b)."""
     what = "QuantizedLinear"
@@ -260,18 +277,17 @@ def check_quantized_linear(QuantizedLinear) -> None:
         ref, no_bias = reference(x), F.linear(x, w_hat)
         float_weight = lin(x)
         ref_nb = _quantized_linear(lin_nb)(x[..., :64])
-    layer = call(QuantizedLinear, lin, what=f"{what}(linear)")
-    if not isinstance(layer, nn.Module):
-        fail(f"{what} should be an nn.Module subclass (class QuantizedLinear(nn.Module)).")
-    tensors = list(layer.state_dict().items())
-    full = [k for k, t in tensors if t.is_floating_point() and t.numel() >= lin.weight.numel()]
+    tensors, y, y_nb = call(_probe_quantized_linear, QuantizedLinear, lin, lin_nb, x, what=what)
+    tensors = list(tensors.items()) if isinstance(tensors, dict) else []
+    full = [k for k, t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and t.numel() >= lin.weight.numel()]
     if full:
         fail(f"{what} keeps a float copy of the weight ({full[0]}) — store only the packed codes, scales and "
              "zero-points (register_buffer), and dequantize in forward.")
-    if not any(t.dtype == torch.uint8 and t.numel() == lin.weight.numel() // 2 for _, t in tensors):
+    if not any(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.numel() == lin.weight.numel() // 2
+               for _, t in tensors):
         fail(f"{what}: no packed int4 buffer — register the codes as a uint8 buffer of shape (out, in // 2) "
              "(register_buffer, so it moves and saves with the module).")
-    y = call(layer, x, what=f"{what}.forward")
     expect_tensor(y, what=f"{what}.forward", shape=(2, 5, 48))
     if not torch.allclose(y, ref, atol=1e-4, rtol=1e-4):
         if torch.allclose(y, no_bias, atol=1e-4, rtol=1e-4):
@@ -279,12 +295,10 @@ def check_quantized_linear(QuantizedLinear) -> None:
         if torch.allclose(y, float_weight, atol=1e-5):
             fail(f"{what}.forward uses the original float weight — dequantize the stored codes instead.")
         expect_close(y, ref, what=f"{what}.forward", atol=1e-4, hint="y = F.linear(x, dequantized weight, bias)")
-    layer_nb = call(QuantizedLinear, lin_nb, what=f"{what}(linear without bias)")
-    y_nb = call(layer_nb, x[..., :64], what=f"{what}.forward (no bias)")
     expect_close(y_nb, ref_nb, what=f"{what} without bias", atol=1e-4,
                  hint="a Linear may have bias=None")
     fp32 = sum(t.numel() * t.element_size() for t in lin.state_dict().values())
-    stored = sum(t.numel() * t.element_size() for _, t in tensors)
+    stored = sum(t.numel() * t.element_size() for _, t in tensors if isinstance(t, torch.Tensor))
     passed("quantized Linear", f"matches F.linear with the dequantized weight; {stored:,} bytes vs {fp32:,} as nn.Linear")
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .. import prune as package
-from . import CheckFailed, call, expect_close, expect_tensor, fail, passed
+from . import CheckFailed, Forbidden, call, expect_close, expect_tensor, fail, forbids, passed
 
 
 # -------------------------------------------------------------- magnitude mask ----
@@ -50,6 +50,7 @@ def _check_one_mask(magnitude_mask, w: torch.Tensor, sparsity: float, what: str)
     fail(f"{what}(sparsity={sparsity}) pruned {pruned} of {n} weights, expected {k} — {hint}.")
 
 
+@forbids("slm_lab.prune.magnitude_mask", "slm_lab.prune.magnitude_masks")
 def check_magnitude_mask(magnitude_mask) -> None:
     """magnitude_mask(weight, sparsity) → bool tensor of weight's shape, True = keep: exactly
     round(sparsity · numel) weights with the smallest |w| are False."""
@@ -91,6 +92,32 @@ def _shrunk(mlp, keep):
     return ref
 
 
+def _probe_remove_neurons(remove_neurons, mlp, keep, x) -> dict:
+    """Where the student's function lives: shrink mlp in place; what became of gate, up and down
+    ({name: type, weight shape, in, out, bias shape}) and the MLP's output on x (or why it failed)."""
+    try:
+        call(remove_neurons, mlp, keep, what="remove_neurons")
+    except Forbidden:
+        raise
+    except CheckFailed as exc:
+        return {"failed": str(exc)}
+    layers = {}
+    for name in ("gate", "up", "down"):
+        layer = getattr(mlp, name, None)
+        if not isinstance(layer, nn.Linear):
+            layers[name] = {"type": type(layer).__name__, "weight": (), "in": 0, "out": 0, "bias": None}
+            continue
+        layers[name] = {"type": "Linear", "weight": tuple(layer.weight.shape), "in": layer.in_features,
+                        "out": layer.out_features, "bias": tuple(layer.bias.shape) if layer.bias is not None else None}
+    try:
+        with torch.no_grad():
+            out = mlp(x)
+    except Exception as exc:  # noqa: BLE001 - a student's broken module
+        out = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return {"layers": layers, "out": out}
+
+
+@forbids("slm_lab.prune.remove_neurons", "slm_lab.prune.prune_structured")
 def check_remove_neurons(remove_neurons) -> None:
     """remove_neurons(mlp, keep): shrink a SwiGLU MLP (gate, up, down) in place to the neurons `keep`
     (indices into d_ff): gate and up keep those rows (and bias entries), down those columns."""
@@ -102,17 +129,17 @@ def check_remove_neurons(remove_neurons) -> None:
         x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             want, other = ref(x), complement(x)
-        try:
-            call(remove_neurons, mlp, keep.clone(), what=what)
-        except CheckFailed as exc:
-            if "out of bounds for dimension 0 with size 16" in str(exc):     # down.weight[keep]: rows, not columns
-                fail(f"{what}: {exc} — the neurons are the *columns* of down (its inputs): slice weight[:, keep].")
-            raise
+        seen = call(_probe_remove_neurons, remove_neurons, mlp, keep.clone(), x, what=what)
+        if "failed" in seen:
+            if "out of bounds for dimension 0 with size 16" in seen["failed"]:     # down.weight[keep]: rows, not columns
+                fail(f"{what}: {seen['failed']} — the neurons are the *columns* of down (its inputs): "
+                     "slice weight[:, keep].")
+            fail(seen["failed"])
         for name, shape in (("gate", (10, 16)), ("up", (10, 16)), ("down", (16, 10))):
-            layer = getattr(mlp, name, None)
-            if not isinstance(layer, nn.Linear):
-                fail(f"{what}: mlp.{name} should still be an nn.Linear, got {type(layer).__name__}.")
-            got = tuple(layer.weight.shape)
+            layer = seen["layers"].get(name)
+            if layer["type"] != "Linear":
+                fail(f"{what}: mlp.{name} should still be an nn.Linear, got {layer['type']}.")
+            got = tuple(layer["weight"])
             if got != shape:
                 if got in ((14, 16), (16, 14)):
                     fail(f"{what}: mlp.{name} has 14 neurons, the 24 − 10 you were to drop — you removed the "
@@ -125,17 +152,16 @@ def check_remove_neurons(remove_neurons) -> None:
                 if got == (24, 16):
                     fail(f"{what}: mlp.{name} still has 24 neurons — both gate and up produce the neurons; shrink both.")
                 fail(f"{what}: mlp.{name}.weight has shape {got}, expected {shape}.")
-            if layer.in_features != shape[1] or layer.out_features != shape[0]:
-                fail(f"{what}: mlp.{name} has in_features={layer.in_features}, out_features={layer.out_features} "
+            if layer["in"] != shape[1] or layer["out"] != shape[0]:
+                fail(f"{what}: mlp.{name} has in_features={layer['in']}, out_features={layer['out']} "
                      f"but a weight of shape {got}; build a new nn.Linear of the smaller size.")
-            if bias and (layer.bias is None or layer.bias.shape != (shape[0],)):
+            if bias and tuple(layer["bias"] or ()) != (shape[0],):
                 fail(f"{what}: mlp.{name}.bias should have shape ({shape[0]},) — slice the bias of gate and up with "
                      "the same neurons, keep down's bias whole.")
-        try:
-            with torch.no_grad():
-                out = mlp(x)
-        except Exception as exc:  # noqa: BLE001 - a student's broken module
-            fail(f"{what}: the shrunken MLP fails on an input: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        out = seen["out"]
+        if isinstance(out, str):
+            fail(f"{what}: the shrunken MLP fails on an input: {out}")
+        expect_tensor(out, what=what, shape=want.shape)
         if torch.allclose(out, other, atol=1e-5) and not torch.allclose(out, want, atol=1e-5):
             fail(f"{what}: you removed the neurons in `keep` — keep them and remove the others.")
         expect_close(out, want, what=f"{what}{' (with biases)' if bias else ''}", atol=1e-5,

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .. import lora as package
-from . import call, expect_close, expect_tensor, fail, passed
+from . import call, expect_close, expect_tensor, fail, forbids, passed
 
 IN, OUT, R, ALPHA = 12, 10, 3, 6.0          # scaling alpha / r = 2
 # Further layers for check_lora_linear: other sizes, and alpha / r not whole, so alpha // r ≠ alpha / r.
@@ -50,6 +50,7 @@ def _scale_slip(factor: float, r: int, alpha: float) -> str | None:
     return None
 
 
+@forbids("slm_lab.lora.LoRALinear")
 def check_lora_linear(LoRALinear) -> None:
     """LoRALinear(base: nn.Linear, r, alpha): frozen base + (alpha / r)·B·A·x with A (r, in), B (out, r) = 0."""
     for seed, (n_in, n_out, r, alpha) in enumerate(_LAYERS):
@@ -71,32 +72,24 @@ def _check_lora_layer(LoRALinear, seed: int, IN: int, OUT: int, R: int, ALPHA: f
         reference.lora_B.copy_(B_trained)
         ref = reference(x)
         delta = (ref - ref_start) / reference.scaling   # B·A·x, unscaled
-    layer = call(LoRALinear, base, R, ALPHA, what=f"{what}(base, r={R}, alpha={ALPHA:g})")
-    if not isinstance(layer, nn.Module):
-        fail(f"{what} should be an nn.Module subclass (class LoRALinear(nn.Module)).")
-    A = _param(layer, "lora_A", (R, IN), what)
-    B = _param(layer, "lora_B", (OUT, R), what)
-    if B.detach().abs().max() > 0:
+    seen = call(_probe_lora_layer, LoRALinear, base, R, ALPHA, x, A_trained, B_trained, what=what)
+    A, B = seen["A"], seen["B"]
+    if B.abs().max() > 0:
         fail(f"{what}: lora_B must start at zero, so the adapted layer starts exactly equal to the base layer "
-             f"(max |B| = {B.detach().abs().max().item():.3g}).")
-    if A.detach().abs().max() == 0:
+             f"(max |B| = {B.abs().max().item():.3g}).")
+    if A.abs().max() == 0:
         fail(f"{what}: lora_A is all zeros too — with A = B = 0 neither gets a gradient and nothing ever trains; "
              "initialise A randomly (only B starts at zero).")
-    for name, p in (("weight", base.weight), ("bias", base.bias)):
-        if p.requires_grad:
+    for name in ("weight", "bias"):
+        if seen["base_trainable"][name]:
             fail(f"{what}: the base layer's {name} is still trainable — freeze it with requires_grad_(False); "
                  "only lora_A and lora_B should train.")
-    trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
-    if trainable != R * (IN + OUT):
-        fail(f"{what} has {trainable} trainable numbers, expected r·(in + out) = {R * (IN + OUT)} (just A and B).")
-    out = call(layer, x, what=what)
-    expect_tensor(out, what=what, shape=(4, 5, OUT))
+    if seen["trainable"] != R * (IN + OUT):
+        fail(f"{what} has {seen['trainable']} trainable numbers, expected r·(in + out) = {R * (IN + OUT)} (just A and B).")
+    out = expect_tensor(seen["out_start"], what=what, shape=(4, 5, OUT))
     expect_close(out, ref_start, what=f"{what} at initialisation", atol=1e-5,
                  hint="with B = 0 the output must be the base layer's output, bias included")
-    with torch.no_grad():                       # a trained-looking adapter
-        A.copy_(A_trained)
-        B.copy_(B_trained)
-    out = call(layer, x, what=what)
+    out = expect_tensor(seen["out_trained"], what=what, shape=(4, 5, OUT))
     if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
         got = (out.detach() - ref_start)
         factor = float((got * delta).sum() / (delta * delta).sum())
@@ -106,19 +99,46 @@ def _check_lora_layer(LoRALinear, seed: int, IN: int, OUT: int, R: int, ALPHA: f
                 fail(f"{what}: {slip} (= {ALPHA / R:g} here).")
         expect_close(out, ref, what=what, atol=1e-4,
                      hint="output = base(x) + (alpha / r) · (x @ A.T) @ B.T")
+    if seen["backward"]:
+        fail(f"{what}: loss.backward() fails ({seen['backward']}) — no gradient reaches lora_A or lora_B; "
+             "use the parameters themselves in forward (no .data, .detach(), no copy).")
+    for name in ("lora_A", "lora_B"):
+        grad = seen["grads"][name]
+        if not isinstance(grad, torch.Tensor) or grad.abs().max() == 0:
+            fail(f"{what}: no gradient reaches {name} — use the parameter itself in forward (no .data, .detach(), no copy).")
+    if seen["base_grad"]:
+        fail(f"{what}: the base weight received a gradient — it should be frozen.")
+    if not (torch.equal(seen["base_after"][0], w0) and torch.equal(seen["base_after"][1], b0)):
+        fail(f"{what} changed the base layer's weights — the base must stay exactly as it was.")
+
+
+def _probe_lora_layer(LoRALinear, base, R: int, ALPHA: float, x, A_trained, B_trained) -> dict:  # noqa: N803
+    """Where the student's class lives: wrap `base`, read A and B, run it at start and with A, B set to the
+    trained values, backpropagate; everything the check compares, as data."""
+    what = "LoRALinear"
+    layer = call(LoRALinear, base, R, ALPHA, what=f"{what}(base, r={R}, alpha={ALPHA:g})")
+    if not isinstance(layer, nn.Module):
+        fail(f"{what} should be an nn.Module subclass (class LoRALinear(nn.Module)).")
+    A = _param(layer, "lora_A", (R, base.in_features), what)
+    B = _param(layer, "lora_B", (base.out_features, R), what)
+    seen: dict = {"A": A.detach().clone(), "B": B.detach().clone(),
+                  "base_trainable": {"weight": base.weight.requires_grad, "bias": base.bias.requires_grad},
+                  "trainable": sum(p.numel() for p in layer.parameters() if p.requires_grad)}
+    seen["out_start"] = call(layer, x, what=what)
+    with torch.no_grad():                       # a trained-looking adapter
+        A.copy_(A_trained)
+        B.copy_(B_trained)
+    seen["out_trained"] = call(layer, x, what=what)
     loss = call(layer, x, what=what).pow(2).sum()
+    seen["backward"] = ""
     try:                                         # outside call(): a forward built on .data cannot backpropagate
         loss.backward()
     except RuntimeError as exc:
-        fail(f"{what}: loss.backward() fails ({str(exc).splitlines()[0]}) — no gradient reaches lora_A or lora_B; "
-             "use the parameters themselves in forward (no .data, .detach(), no copy).")
-    for name, p in (("lora_A", A), ("lora_B", B)):
-        if p.grad is None or p.grad.abs().max() == 0:
-            fail(f"{what}: no gradient reaches {name} — use the parameter itself in forward (no .data, .detach(), no copy).")
-    if base.weight.grad is not None:
-        fail(f"{what}: the base weight received a gradient — it should be frozen.")
-    if not (torch.equal(base.weight.detach(), w0) and torch.equal(base.bias.detach(), b0)):
-        fail(f"{what} changed the base layer's weights — the base must stay exactly as it was.")
+        seen["backward"] = str(exc).splitlines()[0]
+    seen["grads"] = {"lora_A": A.grad, "lora_B": B.grad}
+    seen["base_grad"] = base.weight.grad is not None
+    seen["base_after"] = (base.weight.detach().clone(), base.bias.detach().clone())
+    return seen
 
 
 def _lora(seed: int = 0, bias: bool = True):
@@ -130,6 +150,23 @@ def _lora(seed: int = 0, bias: bool = True):
     return layer
 
 
+def _probe_merge(merge_lora, layer, x) -> dict:
+    """Where the student's function lives: merge `layer`; the merged layer's type, shapes and output on x,
+    and the LoRA layer's state afterwards."""
+    merged = call(merge_lora, layer, what="merge_lora")
+    linear = isinstance(merged, nn.Linear)
+    seen = {"type": "Linear" if linear else type(merged).__name__,
+            "layer_after": {k: v.detach().clone() for k, v in layer.state_dict().items()},
+            "weight": tuple(merged.weight.shape) if linear else (), "bias": linear and merged.bias is not None}
+    try:
+        with torch.no_grad():
+            seen["out"] = merged(x) if linear else "it is not a layer"
+    except Exception as exc:  # noqa: BLE001 - a student's broken layer
+        seen["out"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return seen
+
+
+@forbids("slm_lab.lora.merge_lora", "slm_lab.lora.LoRALinear.merged_linear")
 def check_merge(merge_lora) -> None:
     """merge_lora(layer) → a new nn.Linear with weight W + (alpha / r)·B·A and the same bias."""
     what = "merge_lora"
@@ -140,18 +177,20 @@ def check_merge(merge_lora) -> None:
         with torch.no_grad():
             ref, base_out = layer(x), layer.base(x)     # the adapted layer (the package's LoRALinear) and its base
             delta = (ref - base_out) / layer.scaling     # B·A·x, unscaled
-        merged = call(merge_lora, layer, what=what)
-        if not isinstance(merged, nn.Linear):
-            fail(f"{what} should return an nn.Linear (a plain layer with no adapter), got {type(merged).__name__}.")
-        if any(not torch.equal(v, layer.state_dict()[k]) for k, v in before.items()):
+        seen = call(_probe_merge, merge_lora, layer, x, what=what)
+        if seen["type"] != "Linear":
+            fail(f"{what} should return an nn.Linear (a plain layer with no adapter), got {seen['type']}.")
+        if any(not torch.equal(v, seen["layer_after"].get(k, torch.empty(0))) for k, v in before.items()):
             fail(f"{what} changed the LoRA layer it was given — build a new Linear (clone the weight) and leave "
                  "the adapter as it was.")
-        if tuple(merged.weight.shape) != (OUT, IN):
-            fail(f"{what}: the merged weight has shape {tuple(merged.weight.shape)}, expected (out, in) = {(OUT, IN)}.")
-        if bias and merged.bias is None:
+        if tuple(seen["weight"]) != (OUT, IN):
+            fail(f"{what}: the merged weight has shape {tuple(seen['weight'])}, expected (out, in) = {(OUT, IN)}.")
+        if bias and not seen["bias"]:
             fail(f"{what}: the merged layer has no bias but the base layer had one — copy it over.")
-        with torch.no_grad():
-            out = call(merged, x, what=f"the layer {what} returned")
+        out = seen["out"]
+        if isinstance(out, str):
+            fail(f"the layer {what} returned raised {out}")
+        expect_tensor(out, what=f"the layer {what} returned", shape=ref.shape)
         if not torch.allclose(out, ref, atol=1e-5, rtol=1e-5):
             got = out - base_out
             factor = float((got * delta).sum() / (delta * delta).sum())
@@ -174,6 +213,24 @@ def _has_adapter(module) -> bool:
             and isinstance(getattr(module, "lora_B", None), nn.Parameter))
 
 
+def _probe_inject(inject_lora, model, targets, ids) -> dict:
+    """Where the student's function lives: inject into `model` (r=2, alpha=4); what it returned, which
+    modules carry an adapter, what is trainable, and the logits afterwards."""
+    names = call(inject_lora, model, targets, 2, 4.0, what=f"inject_lora(model, {targets}, r=2, alpha=4)")
+    seen = {"names": list(names) if isinstance(names, (list, tuple)) else names,
+            "wrapped": [n for n, m in model.named_modules() if _has_adapter(m)],
+            "kinds": {n: type(m).__name__ for n, m in model.named_modules()},
+            "trainable_names": [n for n, p in model.named_parameters() if p.requires_grad],
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    try:
+        with torch.no_grad():
+            seen["after"] = model(ids).logits
+    except Exception as exc:  # noqa: BLE001 - a student's broken model
+        seen["after"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return seen
+
+
+@forbids("slm_lab.lora.inject_lora")
 def check_inject(inject_lora) -> None:
     """inject_lora(model, targets, r, alpha) → names: wrap Linears named `t` or ending in `.t`; freeze the rest."""
     what = "inject_lora"
@@ -185,30 +242,29 @@ def check_inject(inject_lora) -> None:
         reference = copy.deepcopy(model)
         expected = package.inject_lora(reference, targets, r=2, alpha=4.0)
         want = sum(p.numel() for p in reference.parameters() if p.requires_grad)
-        names = call(inject_lora, model, targets, 2, 4.0, what=f"{what}(model, {targets}, r=2, alpha=4)")
+        seen = call(_probe_inject, inject_lora, model, targets, ids, what=f"{what}(model, {targets}, r=2, alpha=4)")
+        names, wrapped = seen["names"], seen["wrapped"]
         if not isinstance(names, (list, tuple)):
             fail(f"{what} should return the list of names it wrapped, got {type(names).__name__}.")
-        wrapped = [n for n, m in model.named_modules() if _has_adapter(m)]
         for n in expected:
             if n not in wrapped:
-                kind = type(model.get_submodule(n)).__name__
-                fail(f"{what}(targets={targets}): {n} is still a plain {kind} — replace it on its parent module "
-                     "(setattr(parent, child_name, LoRALinear(...))).")
+                fail(f"{what}(targets={targets}): {n} is still a plain {seen['kinds'].get(n, 'module')} — replace it on "
+                     "its parent module (setattr(parent, child_name, LoRALinear(...))).")
         for n in wrapped:
             if n not in expected:
                 fail(f"{what}(targets={targets}): {n} was wrapped but its name is not a target — match whole names "
                      "(name == t or name.endswith('.' + t)), not substrings.")
         if sorted(map(str, names)) != sorted(expected):
             fail(f"{what} returned {sorted(map(str, names))[:4]}…, expected the wrapped names {expected[:4]}….")
-        for n, p in model.named_parameters():
-            if p.requires_grad and not n.endswith(("lora_A", "lora_B")):
+        for n in seen["trainable_names"]:
+            if not n.endswith(("lora_A", "lora_B")):
                 fail(f"{what}: {n} is still trainable — freeze every parameter of the model, then leave only the "
                      "adapters' A and B trainable.")
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if trainable != want:
-            fail(f"{what}: {trainable} trainable numbers, expected Σ r·(in + out) = {want} over the wrapped layers.")
-        with torch.no_grad():
-            after = model(ids).logits
+        if seen["trainable"] != want:
+            fail(f"{what}: {seen['trainable']} trainable numbers, expected Σ r·(in + out) = {want} over the wrapped layers.")
+        after = seen["after"]
+        if isinstance(after, str):
+            fail(f"{what}: the model fails after injection: {after}")
         expect_close(after, before, what=f"{what}: the model's logits right after injection", atol=1e-5,
                      hint="freshly injected adapters (B = 0) must not change the model")
     passed("inject_lora", "whole-name matching, replaced on the parent, everything else frozen, output unchanged")

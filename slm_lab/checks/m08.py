@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..onnx_runtime import input_names
-from . import CheckFailed, call, fail, passed
+from . import CheckFailed, Forbidden, call, fail, forbids, passed
 
 _VOCAB, _BLOCK = 31, 48
 
@@ -98,21 +98,39 @@ def _diagnose(calls: list[tuple[int, int]], prompt_len: int, n: int, what: str) 
              "steps are enough.")
 
 
-def check_greedy_decode(greedy_generate) -> None:
-    """greedy_generate(session, spec, prompt_ids, max_new_tokens) → prompt + new ids, one token per step with the cache."""
+def _probe_greedy(greedy_generate, onnx_bytes: bytes, prompt: list, n: int) -> dict:
+    """Where the student's function lives: decode with a recording session over the model in onnx_bytes;
+    what it returned (or the check's line it failed with), the session's calls, whether K and V were swapped."""
     from ..onnx_runtime import DeploySpec, load_session
 
+    path = Path(tempfile.mkdtemp(prefix="slm_lab_m08_")) / "model.onnx"
+    path.write_bytes(onnx_bytes)
+    spec = DeploySpec.from_session(load_session(path))
+    session = RecordingSession(load_session(path))
+    seen: dict = {}
+    try:
+        out = call(greedy_generate, session, spec, list(prompt), n, what="greedy_generate")
+        seen["out"] = out.tolist() if hasattr(out, "tolist") else out
+    except Forbidden:
+        raise
+    except CheckFailed as exc:
+        seen["failed"], seen["out"] = str(exc), None
+    return {**seen, "calls": list(session.calls), "swapped_kv": session.swapped_kv}
+
+
+@forbids("slm_lab.onnx_runtime.OnnxLM")
+def check_greedy_decode(greedy_generate) -> None:
+    """greedy_generate(session, spec, prompt_ids, max_new_tokens) → prompt + new ids, one token per step with the cache."""
     what = "greedy_generate"
     model, path = reference_model()
-    spec = DeploySpec.from_session(load_session(path))
+    onnx_bytes = Path(path).read_bytes()          # sent to where the student's function runs (its own /tmp)
     for prompt, n in (([3, 14, 15, 9, 26, 5], 12), ([7], 9)):
         ref = _reference_tokens(model, prompt, n)
-        session = RecordingSession(load_session(path))
-        try:
-            out = call(greedy_generate, session, spec, list(prompt), n, what=what)
-        except CheckFailed:
-            _diagnose(session.calls, len(prompt), n, what)    # a wrong cache often ends in an ORT shape error
-            raise
+        seen = call(_probe_greedy, greedy_generate, onnx_bytes, list(prompt), n, what=what)
+        calls, out = [tuple(c) for c in seen["calls"]], seen["out"]
+        if "failed" in seen:
+            _diagnose(calls, len(prompt), n, what)    # a wrong cache often ends in an ORT shape error
+            fail(seen["failed"])
         try:
             out = [int(t) for t in (out.tolist() if hasattr(out, "tolist") else out)]
         except (TypeError, ValueError):
@@ -122,12 +140,12 @@ def check_greedy_decode(greedy_generate) -> None:
         if len(out) != len(ref):
             fail(f"{what}(prompt of {len(prompt)}, max_new_tokens={n}) returned {len(out)} ids, expected "
                  f"{len(ref)} (the prompt + {n} new tokens).")
-        if not session.calls:
+        if not calls:
             fail(f"{what} never called session.run — run the ONNX model to get the logits.")
-        _diagnose(session.calls, len(prompt), n, what)
+        _diagnose(calls, len(prompt), n, what)
         if out[:len(prompt)] != list(prompt):
             fail(f"{what}: the returned ids do not start with the prompt.")
-        if out != ref and session.swapped_kv:
+        if out != ref and seen["swapped_kv"]:
             fail(f"{what}: the keys and values are swapped — a past_key was fed the previous call's present_value; "
                  "pass present_key_i as past_key_i and present_value_i as past_value_i.")
         if out != ref:
@@ -169,6 +187,7 @@ def example_measurements() -> dict:
 _FIELDS = ("size_mb", "prefill_ms", "tokens_per_s", "speedup", "size_ratio")
 
 
+@forbids("slm_lab.measure.format_table", "slm_lab.checks.m08._ref_report")
 def check_report(deployment_report) -> None:
     """deployment_report(measurements, baseline) → {name: {size_mb, prefill_ms, tokens_per_s, speedup, size_ratio}}."""
     what = "deployment_report"

@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from .. import kernels as package
-from . import call, expect_tensor, fail, passed
+from . import call, expect_tensor, fail, forbids, passed
 
 
 # ------------------------------------------------------- references and mistakes ----
@@ -62,6 +62,7 @@ def _err(a, b):
 
 
 # ------------------------------------------------------------- 09.merge ----
+@forbids("slm_lab.kernels.tiled.merge_softmax_stats")
 def check_merge(merge_softmax_stats) -> None:
     """merge_softmax_stats(m1, l1, acc1, m2, l2, acc2) → (m, l, acc): two key blocks' statistics as one."""
     what = "merge_softmax_stats"
@@ -236,6 +237,16 @@ def _largest_scores_tensor(fn, *args):
     return res, max(sizes, default=0)
 
 
+@forbids("slm_lab.kernels.tiled.tiled_attention",
+         "slm_lab.kernels.tiled.flash_attention",
+         "slm_lab.kernels.naive.naive_attention",
+         "torch.nn.functional.scaled_dot_product_attention")
+def _largest_in_call(tiled_attention, q, k, v) -> int | None:
+    """Where the student's function lives: the largest tensor any op made during a causal 16 × 16 call."""
+    return _largest_scores_tensor(lambda: call(tiled_attention, q, k, v, causal=True, block_q=16, block_k=16,
+                                               what="tiled_attention"))[1]
+
+
 def check_tiled(tiled_attention) -> None:
     """tiled_attention(q, k, v, causal=False, block_q=32, block_k=32) → (out (B, H, N, d), lse (B, H, N))."""
     what = "tiled_attention"
@@ -249,7 +260,7 @@ def check_tiled(tiled_attention) -> None:
     _diagnose(attend, what, multi=(8, 24), single=48, shape=(1, 2, 37, 32), seed=7)
     B, H, N = 1, 3, 96
     q, k, v = _qkv(B=B, H=H, N=N, seed=3)
-    res, biggest = _largest_scores_tensor(lambda: call(attend, q, k, v, True, 16, 16, what=what))
+    biggest = call(_largest_in_call, tiled_attention, q, k, v, what=what)
     if biggest is not None and biggest >= B * H * N * N:          # an (N × N) mask alone is allowed
         fail(f"{what}: an intermediate tensor has {biggest} elements, as many as the full (B, H, N, N) score "
              f"matrix ({B * H * N * N}); compute one (block_q × block_k) tile of scores at a time.")
@@ -257,12 +268,10 @@ def check_tiled(tiled_attention) -> None:
 
 
 # ------------------------------------------------------------ 09.triton ----
-def check_triton_kernel(kernel) -> None:
-    """kernel: a @triton.jit function with attn_fwd_kernel's signature
-    (Q, K, V, O, LSE, N, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, UPCAST), launched by
-    slm_lab.kernels.triton_flash.launch — under the interpreter on CPU, compiled on a GPU."""
+def _launch(kernel, q, k, v, causal: bool, block_m: int, block_n: int):
+    """Where the student's kernel lives: launch it (slm_lab.kernels.triton_flash.launch) → (out, lse)."""
     from ..errors import SLMLabError
-    from ..kernels.triton_flash import interpreting, launch, triton_available
+    from ..kernels.triton_flash import launch, triton_available
 
     what = "attention kernel"
     if not triton_available():
@@ -270,20 +279,30 @@ def check_triton_kernel(kernel) -> None:
     if kernel is None or not hasattr(kernel, "fn") and not hasattr(kernel, "run"):
         fail(f"{what}: expected a @triton.jit function, got {type(kernel).__name__}; decorate it with @triton.jit.")
     source = inspect.getsource(getattr(kernel, "fn", kernel)) if hasattr(kernel, "fn") else ""
+    try:
+        with warnings.catch_warnings():                        # NumPy overflow noise from the interpreter
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return launch(kernel, q, k, v, causal=causal, block_m=block_m, block_n=block_n)
+    except SLMLabError as exc:
+        fail(f"{what}: {exc}")
+    except Exception as exc:                                   # the interpreter wraps the kernel's errors
+        if isinstance(exc.__cause__, NotImplementedError) or "raise NotImplementedError" in source:
+            raise NotImplementedError from exc
+        cause = exc.__cause__ or exc
+        fail(f"{what} raised {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": "))
+
+
+def check_triton_kernel(kernel) -> None:
+    """kernel: a @triton.jit function with attn_fwd_kernel's signature
+    (Q, K, V, O, LSE, N, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, UPCAST), launched by
+    slm_lab.kernels.triton_flash.launch — under the interpreter on CPU, compiled on a GPU."""
+    from ..kernels.triton_flash import interpreting
+
+    what = "attention kernel"
     device = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
 
     def attend(q, k, v, causal, bq, bk):
-        try:
-            with warnings.catch_warnings():                        # NumPy overflow noise from the interpreter
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return launch(kernel, q, k, v, causal=causal, block_m=bq, block_n=bk)
-        except SLMLabError as exc:
-            fail(f"{what}: {exc}")
-        except Exception as exc:                                   # the interpreter wraps the kernel's errors
-            if isinstance(exc.__cause__, NotImplementedError) or "raise NotImplementedError" in source:
-                raise NotImplementedError from exc
-            cause = exc.__cause__ or exc
-            fail(f"{what} raised {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": "))
+        return call(_launch, kernel, q, k, v, causal, bq, bk, what=what)
 
     atol = 1e-4 if device == "cpu" else 2e-3                       # GPU fp32 tl.dot uses TF32
     _diagnose(attend, what, multi=(32, 16), single=64, device=device, atol=atol)

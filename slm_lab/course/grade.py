@@ -1,4 +1,4 @@
-"""`slm-lab grade SUBMISSION.ipynb... --lab NAME`: grade lab submissions with nbval, write a gradebook CSV.
+"""`slm-lab grade SUBMISSION.ipynb... --lab NAME`: grade lab submissions, write a gradebook CSV.
 
 For each submission, independently (one bad notebook never stops the run: whatever goes wrong costs that
 submission a zero row with the reason, and the gradebook is rewritten, atomically, after every row):
@@ -14,19 +14,21 @@ submission a zero row with the reason, and the gradebook is rewritten, atomicall
      right after the cell they follow in the solution (matched by nbformat cell id, which labs keep), else
      before the next visible check, else at the end; any copy of one in the submission is dropped. Outputs
      are cleared, so nothing is compared with stored output;
-  3. run it under `pytest --nbval-lax` in a scratch copy of its folder (a temp dir: the notebook may delete
-     files there), one pytest process and so one fresh kernel per notebook, with a timeout per cell and
-     an overall limit per notebook;
-  4. a check earns its points iff its nbval item passed. nbval names its items "Cell N", N counting code
-     cells only from 0 (nbval/plugin.py, IPyNbFile.collect), which is how items map back to cells.
+  3. run it in a scratch copy of its folder (a temp dir: the notebook may delete files there), one fresh
+     kernel per notebook, in the sandbox (`sandbox`: its own uid, no network, nothing but scratch
+     writable, nothing outliving it), with a timeout per cell and an overall limit per notebook
+     (`runner`). Check cells are not run by the kernel: the grader runs them itself, calling the student's
+     functions in the kernel on inputs it chooses, so a check's verdict cannot be forged from the
+     student's cells (`slm_lab.checks.remote`);
+  4. a check earns its points iff it passed there. The answer cells are also scanned for constructs an
+     instructor should read (`scan`: the flags column), and each failed check's line goes to the feedback
+     column.
 The reason column is empty when every cell ran; otherwise it names the first problem, with "cell K" the
 K-th cell of the graded notebook counting every cell from 1: "cell 7 timed out after 10 s", "kernel died
 in cell 9", "ran past the overall limit of 600 s (in cell 12)", "malformed notebook: ...". A file name that
 is not valid UTF-8 is shown with its odd bytes as \\xNN (`printable`).
 
-The pytest plugin that runs inside each grading run is `slm_lab.course.grade_plugin`: it logs each
-item's outcome as it happens (so an overall timeout still credits the checks that passed) and fails a
-cell at once when its kernel dies instead of waiting out the cell timeout.
+Without the sandbox (no bubblewrap here) grading refuses to start unless told `--no-sandbox`.
 """
 from __future__ import annotations
 
@@ -37,12 +39,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +49,8 @@ import nbformat
 
 from ..atomic import write_text
 from ..errors import SLMLabError
-from . import grade_plugin, notebooks
-from .grade_plugin import LOG_ENV, cell_num
-from .make_labs import check_ids, hidden_ids, read_notebook
+from . import notebooks, runner, sandbox, scan
+from .make_labs import build_lab, check_ids, hidden_ids, read_notebook
 
 COPY_LIMIT_BYTES = 200 * 2**20           # a bigger submission folder is not copied (only the notebook is)
 # A bigger notebook is not read: parsing one takes about 9 times its size in memory. Outputs (plots) are what
@@ -60,9 +58,6 @@ COPY_LIMIT_BYTES = 200 * 2**20           # a bigger submission folder is not cop
 SUBMISSION_LIMIT_BYTES = 20 * 2**20
 _SKIP_NAMES = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__", ".git")
 _ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
-# nbval's own line in a failure: "Cell 7: Timeout of ..." (the cell's source and traceback follow it, so only
-# this line is read: a student's code cannot fake a reason) or "pytest plugin exception: ..." (grade_plugin's)
-_HEADLINE = re.compile(r"^(?:Cell \d+: |pytest plugin exception: )(.*)$", re.M)
 
 
 @dataclass
@@ -70,6 +65,8 @@ class Row:
     file: str                                      # printable(the path)
     points: dict = field(default_factory=dict)     # check id -> points earned
     reason: str = ""
+    flags: list = field(default_factory=list)      # what the static scan found in the answer cells (scan.flags)
+    feedback: dict = field(default_factory=dict)   # check id -> the line a failed check said
 
 
 @dataclass(frozen=True)
@@ -235,149 +232,69 @@ def _scratch_copy(src: Path, dst: Path, leave_out: tuple = ()) -> None:
         n for n in names if left_out(d, n)})
 
 
-def _kill_group(pid: int | None) -> None:
-    if pid:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _from_junit(xml: Path) -> tuple[set, list]:
-    """(code indices of passed items, [(code index, nbval's headline of a failure)]) from its junit report."""
-    passed: set[int] = set()
-    problems: list[tuple[int, str]] = []
-    try:
-        cases = list(ET.parse(xml).getroot().iter("testcase"))
-    except ET.ParseError:
-        return passed, [(0, "unreadable junit report")]
-    for case in cases:
-        num = cell_num(case.get("name", ""))
-        if num is None:
-            continue
-        bad = [e for e in case if e.tag in ("failure", "error", "skipped")]
-        if not bad:
-            passed.add(num)
-        for e in bad:
-            if e.tag != "skipped":
-                text = _ANSI.sub("", e.get("message", "") or e.text or "")
-                m = _HEADLINE.search(text)
-                problems.append((num, m.group(1) if m else text.strip().split("\n")[0]))
-    return passed, problems
-
-
-def _from_log(log: Path) -> tuple[set, int | None, int | None]:
-    """(code indices whose call passed, the last cell started, the kernel's pid) from the plugin's log."""
-    passed, failed, last, pid = set(), set(), None, None
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue                      # a line cut short by the kill
-            if "start" in event:
-                last, pid = event["start"], event.get("pid") or pid
-            elif event.get("passed") and event.get("when") == "call":
-                passed.add(event["cell"])
-            elif not event.get("passed"):
-                failed.add(event["cell"])
-    return passed - failed, last, pid
-
-
-def _reason(problems: list, cell_no, timeout: float) -> str:
-    """The first problem worth a reason; ordinary exceptions in cells (a failed check) are not one."""
-    for num, text in sorted(problems, key=lambda p: p[0]):
-        if "KernelDied" in text:
-            return f"kernel died in cell {cell_no(num)}"
-        if "Kernel dead on test start" in text:
-            return f"kernel died before cell {cell_no(num)}"
-        if "Timeout of" in text and "exceeded" in text:
-            stuck = " and could not be interrupted" if "Failed to interrupt" in text else ""
-            return f"cell {cell_no(num)} timed out after {timeout:g} s{stuck}"
-        if "unreadable junit report" in text:
-            return "grading run failed: its junit report is unreadable"
-        if text.startswith("failed on setup"):            # e.g. the kernel did not start
-            return f"cell {cell_no(num)} could not run: {text[:100]}"
-    return ""
-
-
-def run_nbval(nb, folder: Path, timeout: float, limit: float, profile: str,
-              leave_out: tuple = ()) -> tuple[set, str]:
-    """Execute nb (with the files of `folder`, but `leave_out`) under nbval; return (code indices that passed,
-    reason)."""
+def run_graded(nb, folder: Path, timeout: float, limit: float, profile: str, leave_out: tuple = (),
+               sandboxed: bool = True) -> runner.Outcome:
+    """Run nb with the files of `folder` (but `leave_out`) in a scratch copy, its kernel sandboxed, its checks
+    judged by this process (`runner`)."""
     scratch = Path(tempfile.mkdtemp(prefix="slm-lab-grade-"))
     try:
-        work, report = scratch / "work", scratch / "report"
+        work, ipc = scratch / "work", scratch / "ipc"
         _scratch_copy(folder, work, (scratch, *leave_out))
-        report.mkdir()
-        nb_path, xml, log = work / "submission.ipynb", report / "junit.xml", report / "events.jsonl"
-        notebooks.write(nb, nb_path)
-        ini = report / "pytest.ini"
-        ini.write_text("[pytest]\n", encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
-        env.update({LOG_ENV: str(log), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "SLM_LAB_PROFILE": profile})
-        cmd = [sys.executable, "-m", "pytest", "-p", "nbval", "-p", grade_plugin.__name__, "-p", "no:cacheprovider",
-               "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={timeout:g}", "--noconftest",
-               "-c", str(ini), "--rootdir", str(work), f"--junitxml={xml}", "-q", nb_path.name]
-        with open(report / "pytest.out", "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=limit)
-                killed = False
-            except subprocess.TimeoutExpired:
-                killed = True
-            except BaseException:                   # Ctrl-C: leave no pytest or kernel running
-                _kill_group(proc.pid)
-                _kill_group(_from_log(log)[2])
-                raise
-            if killed:
-                _kill_group(proc.pid)
-                proc.wait()
-        log_passed, last, kernel_pid = _from_log(log)
-        _kill_group(kernel_pid)             # the kernel runs in its own session; leave nothing behind
-        code_cells = [k for k, c in enumerate(nb.cells, 1) if c.cell_type == "code"]
-
-        def cell_no(num):
-            return code_cells[num] if num is not None and num < len(code_cells) else "?"
-
-        if killed:
-            where = f" (in cell {cell_no(last)})" if last is not None else ""
-            return log_passed, f"ran past the overall limit of {limit:g} s{where}"
-        if proc.returncode not in (0, 1, 5) or not xml.is_file():    # 1: a cell failed; 5: no code cells
-            tail = (report / "pytest.out").read_text(encoding="utf-8", errors="replace").strip().splitlines()
-            return log_passed, f"grading run failed (exit {proc.returncode}): {tail[-1][:100] if tail else 'no output'}"
-        passed, problems = _from_junit(xml)
-        return passed, _reason(problems, cell_no, timeout)
+        ipc.mkdir()
+        notebooks.write(nb, work / "submission.ipynb")
+        if sandboxed:
+            sandbox.prepare(work)
+        readable = tuple(p for p in (_cache_root(),) if p.is_dir())
+        env = {"SLM_LAB_PROFILE": profile, **({"SLM_LAB_CACHE": str(readable[0])} if readable else {})}
+        return runner.run(nb, work, ipc, timeout=timeout, limit=limit, env=env, sandboxed=sandboxed,
+                          is_check=lambda c: check_id(c) is not None, readable=readable)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _cache_root() -> Path:
+    """The course cache (trained models), which graded kernels may read but not change."""
+    root = os.environ.get("SLM_LAB_CACHE")
+    return Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slm_lab"
+
+
 def grade_one(path: Path, canonical: dict, timeout: float, limit: float, profile: str,
-              hidden: dict | None = None, leave_out: tuple = ()) -> Row:
+              hidden: dict | None = None, leave_out: tuple = (), sandboxed: bool = True,
+              given: frozenset = frozenset()) -> Row:
+    """One submission's row; `given`: the sources of the code cells the lab hands out as they are (not
+    scanned for flags: the course wrote them)."""
     row = Row(printable(str(path)), {cid: 0 for cid in canonical})
     nb, row.reason = _read_submission(path)
     if nb is None:
         return row
     prepare(nb, canonical, hidden)
-    passed, row.reason = run_nbval(nb, path.resolve().parent, timeout, limit, profile, leave_out)
+    row.flags = scan.flags([(k, c.source) for k, c in enumerate(nb.cells, 1)
+                            if c.cell_type == "code" and check_id(c) is None and c.source.strip() not in given])
+    outcome = run_graded(nb, path.resolve().parent, timeout, limit, profile, leave_out, sandboxed)
+    row.reason = outcome.reason
     code = [c for c in nb.cells if c.cell_type == "code"]
-    for num in passed:
+    for num in outcome.passed:
         cid = check_id(code[num]) if num < len(code) else None
         if cid in canonical:
             row.points[cid] = canonical[cid].metadata["slm_lab"].get("points", 1)
+    for num, message in outcome.messages.items():
+        cid = check_id(code[num]) if num < len(code) else None
+        if cid in canonical:
+            row.feedback[cid] = message
     return row
 
 
 def gradebook_text(rows: list[Row], canonical: dict) -> str:
-    """The CSV: file, one column per check id (points earned), total, max, reason."""
+    """The CSV: file, one column per check id (points earned), total, max, reason, flags (the static scan's
+    findings, for the instructor to read), feedback (what each failed check said)."""
     full = sum(c.metadata["slm_lab"].get("points", 1) for c in canonical.values())
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", *canonical, "total", "max", "reason"])
+    w.writerow(["file", *canonical, "total", "max", "reason", "flags", "feedback"])
     for r in rows:
+        feedback = " | ".join(f"{cid}: {msg}" for cid, msg in r.feedback.items())
         w.writerow([printable(r.file), *(r.points[c] for c in canonical), sum(r.points.values()), full,
-                    printable(r.reason)])
+                    printable(r.reason), printable("; ".join(r.flags)), printable(feedback)])
     return buf.getvalue()
 
 
@@ -407,18 +324,23 @@ def check_out(out: Path, paths: list, solution: Path) -> None:
 
 
 def grade(paths: list, solution: Path, out: Path, timeout: float = 300, limit: float = 1800,
-          profile: str = "smoke") -> list[Row]:
+          profile: str = "smoke", sandboxed: bool = True) -> list[Row]:
     """Grade each submission (str, bytes or Path) against the solution's check cells; write the gradebook CSV
-    to out after every row."""
+    to out after every row. `sandboxed=False` runs the kernels unconfined (the verdicts are still the grader's)."""
     paths = [Path(os.fsdecode(p)) for p in paths]
     out = Path(out)
     check_out(out, paths, solution)
     canonical, hidden = load_checks(solution)
+    given = frozenset(c.source.strip() for c in build_lab(read_notebook(solution), solution.name, str(solution)).cells
+                      if c.cell_type == "code")
+    if sandboxed and sandbox.unavailable():
+        raise SLMLabError(f"{sandbox.unavailable()}; to grade without the sandbox anyway, pass --no-sandbox.")
     rows: list[Row] = []
     for i, path in enumerate(paths, 1):
         t0 = time.perf_counter()
         try:
-            row = grade_one(path, canonical, timeout, limit, profile, hidden, leave_out=(out,))
+            row = grade_one(path, canonical, timeout, limit, profile, hidden, leave_out=(out,), sandboxed=sandboxed,
+                            given=given)
         except Exception as exc:         # a bug, say: it costs this submission its row, not the batch its run
             text = str(exc).strip().splitlines()
             row = Row(printable(str(path)), {cid: 0 for cid in canonical},
@@ -426,8 +348,9 @@ def grade(paths: list, solution: Path, out: Path, timeout: float = 300, limit: f
         row.reason = printable(row.reason)
         rows.append(row)
         write_text(out, gradebook_text(rows, canonical))
+        flagged = f" [{len(row.flags)} flag{'s' * (len(row.flags) != 1)}]" if row.flags else ""
         print(f"[{i}/{len(paths)}] {row.file}: {sum(row.points.values()):g} points "
-              f"({time.perf_counter() - t0:.0f} s){' — ' + row.reason if row.reason else ''}", flush=True)
+              f"({time.perf_counter() - t0:.0f} s){' — ' + row.reason if row.reason else ''}{flagged}", flush=True)
     return rows
 
 
@@ -441,7 +364,8 @@ def run(args) -> int:
     out = Path(args.out)
     solution = find_lab(args.lab, Path(args.solutions))
     full = sum(c.metadata["slm_lab"].get("points", 1) for c in load_checks(solution)[0].values())
-    rows = grade(paths, solution, out, args.timeout, args.notebook_timeout, args.profile)   # checks --out first
+    rows = grade(paths, solution, out, args.timeout, args.notebook_timeout, args.profile,   # checks --out first
+                 sandboxed=not args.no_sandbox)
     width = max(len("file"), *(len(r.file) for r in rows))
     print(f"\n{'file':<{width}}  {'score':>9}  reason")
     for r in rows:
@@ -451,7 +375,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("grade", help="grade lab submissions with nbval and write a gradebook CSV")
+    p = sub.add_parser("grade", help="grade lab submissions into a gradebook CSV (sandboxed, judged by the grader)")
     p.add_argument("submissions", nargs="+", help="submitted .ipynb files")
     p.add_argument("--lab", required=True, help="the lab: a solution's name or a unique prefix (e.g. 02)")
     p.add_argument("--out", default="gradebook.csv", help="gradebook CSV to write (default gradebook.csv)")
@@ -461,4 +385,6 @@ def register(sub) -> None:
     p.add_argument("--notebook-timeout", type=float, default=1800, help="seconds per notebook (default 1800)")
     p.add_argument("--profile", default="smoke", choices=("smoke", "full"),
                    help="SLM_LAB_PROFILE the submissions run with (default smoke)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run the submissions' kernels unconfined (as you, with your files and network)")
     p.set_defaults(func=run)
