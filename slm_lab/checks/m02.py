@@ -279,5 +279,184 @@ def check_top_k(top_k_logits) -> None:
     passed("top-k filtering", "count, which tokens, values, k ≥ V")
 
 
+# ------------------------------------------------------------ heads, KV cache, cross-entropy ----
+def _split(x, n):           # (B, T, n·hd) → (B, n, T, hd): what CausalSelfAttention.forward does inline
+    B, T, _ = x.shape
+    return x.view(B, T, n, -1).transpose(1, 2)
+
+
+def _merge(x):              # (B, H, T, hd) → (B, T, H·hd)
+    B, H, T, hd = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * hd)
+
+
+def _gqa_forward(attn, x, split, merge, repeat):
+    """The course's CausalSelfAttention (no RoPE) computed with the given head functions: its projections,
+    split, K/V repeated to the query heads, causal attention, merge, output projection."""
+    q = split(attn.q_proj(x), attn.n_head)
+    k, v = split(attn.k_proj(x), attn.n_kv_head), split(attn.v_proj(x), attn.n_kv_head)
+    rep = attn.n_head // attn.n_kv_head
+    k, v = repeat(k, rep), repeat(v, rep)
+    return attn.o_proj(merge(naive_attention(q, k, v, causal=True)))
+
+
+def _gqa_layer(n_head=4, n_kv_head=2, hd=6, seed=0):
+    torch.manual_seed(seed)
+    cfg = package.SLMConfig(family="llama", vocab_size=11, block_size=16, n_layer=1, n_head=n_head,
+                            n_kv_head=n_kv_head, d_model=n_head * hd)
+    attn = package.CausalSelfAttention(cfg).eval()
+    attn.use_rope = False                 # positions are RoPE's task (check_rope); here only the heads matter
+    return attn
+
+
+def check_heads(split_heads, merge_heads, repeat_kv) -> None:
+    """split_heads(x, n_heads): (B, T, n·hd) → (B, n, T, hd); merge_heads(x): (B, H, T, hd) → (B, T, H·hd);
+    repeat_kv(x, n_rep): (B, K, T, hd) → (B, K·n_rep, T, hd), each K/V head serving n_rep consecutive
+    query heads. Then the three together must give the course model's grouped-query attention."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4 * 6, generator=g)
+    heads = call(split_heads, x, 4, what="split_heads(x, 4)")
+    expect_tensor(heads, what="split_heads(x, 4)", shape=(2, 4, 5, 6))
+    if not torch.equal(heads, _split(x, 4)):
+        if torch.equal(heads, x.view(2, 4, 5, 6)):
+            fail("split_heads: reshaped (B, T, n·hd) straight to (B, n, T, hd), which mixes time steps into heads — "
+                 "view as (B, T, n, hd) first, then swap the T and n axes.")
+        if torch.equal(heads, x.view(2, 5, 6, 4).permute(0, 3, 1, 2)):
+            fail("split_heads: head h must be the h-th block of hd consecutive features, not every n-th feature.")
+        expect_close(heads, _split(x, 4), what="split_heads", hint="head h holds features h·hd … (h+1)·hd − 1")
+    y = torch.randn(2, 3, 5, 4, generator=g)
+    merged = call(merge_heads, y, what="merge_heads")
+    expect_tensor(merged, what="merge_heads", shape=(2, 5, 12))
+    if not torch.equal(merged, _merge(y)):
+        if torch.equal(merged, y.reshape(2, 5, 12)):
+            fail("merge_heads: reshaped (B, H, T, hd) straight to (B, T, H·hd), which mixes heads into time steps — "
+                 "swap the H and T axes back first (then make it contiguous).")
+        expect_close(merged, _merge(y), what="merge_heads", hint="merge_heads must undo split_heads")
+    if not torch.equal(call(merge_heads, call(split_heads, x, 4, what="split_heads"), what="merge_heads"), x):
+        fail("merge_heads(split_heads(x, n)) must give x back.")
+    kv = torch.randn(2, 2, 5, 3, generator=g)
+    rep = call(repeat_kv, kv, 3, what="repeat_kv(kv, 3)")
+    want = kv.repeat_interleave(3, dim=1)
+    expect_tensor(rep, what="repeat_kv(kv, 3)", shape=(2, 6, 5, 3))
+    if not torch.equal(rep, want):
+        if torch.equal(rep, kv.repeat(1, 3, 1, 1)):
+            fail("repeat_kv: the copies are tiled (k0, k1, k0, k1, …); query heads 0 … n_rep−1 share K/V head 0, so "
+                 "each head is repeated n_rep times in place (k0, k0, k0, k1, k1, k1).")
+        expect_close(rep, want, what="repeat_kv", hint="K/V head j serves query heads j·n_rep … (j+1)·n_rep − 1")
+    if not torch.equal(call(repeat_kv, kv, 1, what="repeat_kv(kv, 1)"), kv):
+        fail("repeat_kv(kv, 1) must return kv unchanged (multi-head attention: one query head per K/V head).")
+    for n_head, n_kv in ((4, 2), (6, 3), (4, 1)):       # grouped-query, another group size, multi-query
+        attn = _gqa_layer(n_head, n_kv, seed=n_head + n_kv)
+        xs = torch.randn(2, 7, n_head * 6, generator=g)
+        with torch.no_grad():
+            ref = attn(xs)[0]
+            got = call(_gqa_forward, attn, xs, split_heads, merge_heads, repeat_kv, what="your heads in the model")
+        expect_close(got, ref, what=f"grouped-query attention with n_head={n_head}, n_kv_head={n_kv}", atol=1e-5,
+                     hint="split by heads of hd features, repeat each K/V head for its group, merge back")
+    passed("heads", "split, merge, K/V repeated per group; equals the course's grouped-query attention")
+
+
+def check_append_kv(append_kv) -> None:
+    """append_kv(cache, k, v) → (k_all, v_all): cache is None (nothing yet) or the (k, v) so far, each
+    (B, K, S, hd); k, v (B, K, T, hd) are the new positions; the result holds S + T positions, oldest first."""
+    what = "append_kv"
+    g = torch.Generator().manual_seed(1)
+    k1, v1 = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    first = call(append_kv, None, k1, v1, what=f"{what}(None, k, v)")
+    if not isinstance(first, (tuple, list)) or len(first) != 2:
+        fail(f"{what} should return the pair (k_all, v_all), got {type(first).__name__}.")
+    if not (torch.equal(expect_tensor(first[0], what=what), k1) and torch.equal(expect_tensor(first[1], what=what), v1)):
+        if torch.equal(first[0], v1) and torch.equal(first[1], k1):
+            fail(f"{what}: keys and values are swapped — return (keys, values).")
+        fail(f"{what}(None, k, v): with an empty cache the result is just (k, v).")
+    k2, v2 = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)   # (one token: below)
+    out = call(append_kv, (k1.clone(), v1.clone()), k2, v2, what=what)
+    want = (torch.cat([k1, k2], dim=2), torch.cat([v1, v2], dim=2))
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        fail(f"{what} should return the pair (k_all, v_all), got {type(out).__name__}.")
+    ka, va = (expect_tensor(t, what=what) for t in out)
+    if ka.shape != want[0].shape:
+        if ka.shape == (2, 3, 4, 10) or ka.shape == (2, 6, 4, 5) or ka.shape == (4, 3, 4, 5):
+            fail(f"{what}: joined along the wrong axis (got shape {tuple(ka.shape)}) — positions are axis 2 of "
+                 "(B, K, S, hd).")
+        if ka.shape == k2.shape:
+            fail(f"{what}: the cache was dropped — return the old positions followed by the new ones.")
+        fail(f"{what} returned keys of shape {tuple(ka.shape)}, expected {tuple(want[0].shape)}.")
+    if torch.equal(ka, torch.cat([k2, k1], dim=2)):
+        fail(f"{what}: the new positions come first — the cache holds positions oldest first, so append at the end.")
+    if torch.equal(ka, want[1]) and torch.equal(va, want[0]):
+        fail(f"{what}: keys and values are swapped — return (keys, values).")
+    expect_close(ka, want[0], what=f"{what}: keys")
+    expect_close(va, want[1], what=f"{what}: values")
+    # A whole decode: the course's attention layer fed one token at a time through your cache must equal
+    # one pass over the whole sequence.
+    attn = _gqa_layer(4, 2, seed=3)
+    xs = torch.randn(1, 6, 24, generator=g)
+    with torch.no_grad():
+        full = attn(xs)[0]
+        got = call(_decode_with, attn, xs, append_kv, what="decoding with your cache")
+    expect_close(got, full, what=f"{what}: decoding one token at a time vs the whole sequence at once", atol=1e-5)
+    passed("KV cache", "empty cache, order, axis, keys vs values; token-by-token decoding equals one pass")
+
+
+def _decode_with(attn, xs, append_kv):
+    """Run the course's attention layer one position at a time, keeping its cache with append_kv."""
+    cache, outs = None, []
+    for t in range(xs.shape[1]):
+        y, present = attn(xs[:, t:t + 1], past=cache)          # present = the layer's own cache + this step
+        new_k, new_v = present[0][:, :, -1:], present[1][:, :, -1:]
+        cache = append_kv(cache, new_k, new_v)
+        outs.append(y)
+    return torch.cat(outs, dim=1)
+
+
+@forbids("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss", "torch.nn.CrossEntropyLoss",
+         "torch.nn.NLLLoss", "torch.nn.functional.log_softmax", "torch.log_softmax")
+def check_cross_entropy(cross_entropy) -> None:
+    """cross_entropy(logits, targets, ignore_index=-100) → a 0-d tensor: the mean over the positions whose
+    target is not ignore_index of log Σ_v exp(logits_v) − logits_target; logits (B, T, V), targets (B, T)."""
+    what = "cross_entropy"
+    g = torch.Generator().manual_seed(2)
+    logits, targets = torch.randn(3, 5, 7, generator=g) * 2, torch.randint(0, 7, (3, 5), generator=g)
+    ref = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    out = call(cross_entropy, logits, targets, what=what)
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        fail(f"{what} should return one number (a 0-d tensor, the mean over positions), got {shape}.")
+    out = out.reshape(())
+    if not torch.isclose(out, ref, atol=1e-5, rtol=1e-5):
+        per_position = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        if torch.isclose(out, -ref, atol=1e-5):
+            fail(f"{what}: the sign is flipped — the loss is −log p(target), which is positive.")
+        if torch.isclose(out, per_position.sum(), atol=1e-4):
+            fail(f"{what}: summed over positions — take the mean, so the loss does not grow with batch and length.")
+        if torch.isclose(out, ref / math.log(2), atol=1e-5):
+            fail(f"{what}: this is in bits (log base 2) — the course's loss is in nats (natural log).")
+        if torch.isclose(out, ref / logits.shape[-1], atol=1e-5):
+            fail(f"{what}: divided by the vocabulary size too — average over positions only.")
+        fail(f"{what} returned {out.item():.4f}, expected {ref.item():.4f}: log Σ exp(logits) − the target's logit, "
+             "averaged over positions.")
+    big = call(cross_entropy, logits * 1000, targets, what=what).reshape(())
+    ref_big = F.cross_entropy(logits.flatten(0, 1) * 1000, targets.flatten())
+    if not torch.isfinite(big):
+        fail(f"{what} gives {big.item()} for large logits — exp overflows; subtract each row's max before the "
+             "exponential (log Σ exp(z) = m + log Σ exp(z − m)).")
+    expect_close(big, ref_big, what=f"{what} with large logits", atol=1e-2, rtol=1e-5)
+    masked = targets.clone()
+    masked[0, :3] = masked[2, 4] = -100
+    ref_masked = F.cross_entropy(logits.flatten(0, 1), masked.flatten(), ignore_index=-100)
+    got = call(cross_entropy, logits, masked, what=f"{what} with ignored targets").reshape(())
+    if not torch.isclose(got, ref_masked, atol=1e-5):
+        kept = masked.flatten() != -100
+        if torch.isclose(got, F.cross_entropy(logits.flatten(0, 1), masked.flatten(), reduction="sum")
+                         / masked.numel(), atol=1e-5):
+            fail(f"{what}: ignored positions (target −100) still count in the mean — divide by the {int(kept.sum())} "
+                 f"positions that are kept, not all {masked.numel()}.")
+        fail(f"{what}: with some targets = ignore_index (−100) got {got.item():.4f}, expected {ref_masked.item():.4f} "
+             "— leave those positions out of the sum and of the count.")
+    passed("cross-entropy", "mean over positions, large logits, ignored targets")
+
+
 CHECKS = {"02.attention": check_attention, "02.rmsnorm": check_rmsnorm, "02.rope": check_rope,
+          "02.heads": check_heads, "02.append_kv": check_append_kv, "02.cross_entropy": check_cross_entropy,
           "02.train_step": check_train_step, "02.top_k": check_top_k}
