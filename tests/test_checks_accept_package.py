@@ -130,6 +130,9 @@ def run_m09_triton():
 RUNS = {
     "m00.check_answer": run_m00_answers,
     "m00.check_fits": run_m00_fits,
+    "m00.check_fits_in": lambda: m00.check_fits_in(lambda models, budget_gb, bits: {
+        name: sizing.weight_bytes(n, {4: "int4", 8: "int8", 16: "fp16", 32: "fp32"}[bits]) <= budget_gb * 1e9
+        for name, n in models.items()}),
     "m01.check_pair_counts": lambda: m01.check_pair_counts(tokenizer.get_pair_counts),
     "m01.check_merge": lambda: m01.check_merge(tokenizer.merge),
     "m01.check_train_bpe": lambda: m01.check_train_bpe(
@@ -141,6 +144,17 @@ RUNS = {
     "m02.check_rope": lambda: m02.check_rope(package_rope),
     "m02.check_train_step": lambda: m02.check_train_step(package_train_step),
     "m02.check_top_k": lambda: m02.check_top_k(slm_model.top_k_logits),
+    # The model splits, repeats and merges heads and appends to its cache inline (CausalSelfAttention.forward):
+    # the same operations, as the lab's functions.
+    "m02.check_heads": lambda: m02.check_heads(
+        lambda x, n: x.view(*x.shape[:2], n, -1).transpose(1, 2), lambda x: x.transpose(1, 2).flatten(2),
+        lambda x, n: x.repeat_interleave(n, dim=1)),
+    "m02.check_append_kv": lambda: m02.check_append_kv(
+        lambda cache, k, v: (k, v) if cache is None else (torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2))),
+    # The model's loss is F.cross_entropy over the flattened positions (SLM.forward).
+    "m02.check_cross_entropy": lambda: m02.check_cross_entropy(
+        lambda logits, targets, ignore_index=-100: torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)),
     "m03.check_param_count": lambda: m03.check_param_count(lambda config: sizing.count_parameters(config).total),
     "m03.check_kv_cache": lambda: m03.check_kv_cache(
         lambda config, context, batch, bits: sizing.kv_cache_bytes(
@@ -189,7 +203,7 @@ def test_every_entry_is_a_check():
 # Checks whose task the package has no implementation of to refuse (the lab's step and report functions are
 # the tests' own adapters above), or whose package kernel is a Triton JIT object (not a Python function).
 NOTHING_TO_REFUSE = {"m00.check_answer", "m00.check_fits", "m02.check_train_step", "m04.check_distill_step",
-                     "m08.check_report", "m09.check_triton_kernel"}
+                     "m02.check_heads", "m02.check_append_kv", "m08.check_report", "m09.check_triton_kernel"}
 
 
 @pytest.mark.forbidding

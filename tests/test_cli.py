@@ -166,3 +166,16 @@ def test_course_tools_without_the_course_extra_name_the_extra(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     for command in ("grade", "make-labs"):
         one_line_error(slm_lab(command, "--help", env_extra=env), 'pip install "slm_lab[course]"')
+
+
+def test_doctor_reports_the_grading_sandbox(monkeypatch):
+    from slm_lab.course import doctor, sandbox
+
+    monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed, so submissions cannot be sandboxed; "
+                                                      + sandbox.INSTALL_HINT)
+    item = next(i for i in doctor.checks() if i.name == "grading sandbox")
+    assert not item.ok and not item.required and "bwrap is not installed" in item.line()
+    assert "apt-get install bubblewrap" in item.line()
+    monkeypatch.setattr(sandbox, "unavailable", lambda: None)
+    item = next(i for i in doctor.checks() if i.name == "grading sandbox")
+    assert item.ok and "uid 65534" in item.line()

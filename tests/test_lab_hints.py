@@ -129,7 +129,7 @@ def lab00_check_results() -> dict[str, BaseException | None]:
     return results
 
 
-LAB00_CHECKS = ["00.fp16_memory", "00.size_ratio", "00.opt_hardware", "00.phone_int4", "00.fits"]
+LAB00_CHECKS = ["00.fp16_memory", "00.size_ratio", "00.opt_hardware", "00.phone_int4", "00.fits", "00.fits_in"]
 
 
 def test_lab00_runs_every_check_cell(lab00_check_results):

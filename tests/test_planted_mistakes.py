@@ -116,6 +116,22 @@ def test_lab00_answers_reject_more_slips():
     rejects(m00.check_fits, [True] * len(m00.FIT_MODELS), match="exactly these keys")
 
 
+def fits_in(models, budget_gb, bits, gb=1e9, bytes_per_bit=1 / 8, strict=False):
+    size = {name: n * bits * bytes_per_bit / gb for name, n in models.items()}
+    return {name: s < budget_gb if strict else s <= budget_gb for name, s in size.items()}
+
+
+def test_fits_in_check():
+    m00.check_fits_in(fits_in)
+    rejects(m00.check_fits_in, todo, match="not done yet")
+    rejects(m00.check_fits_in, lambda m, b, k: fits_in(m, b, k, bytes_per_bit=1), match="bits taken as bytes")
+    rejects(m00.check_fits_in, lambda m, b, k: fits_in(m, b, 16), match="the bits argument is ignored")
+    rejects(m00.check_fits_in, lambda m, b, k: fits_in(m, b, k, strict=True), match="compare with <=, not <")
+    rejects(m00.check_fits_in, lambda m, b, k: fits_in(m, b, k, gb=2**30), match="that is GiB")
+    rejects(m00.check_fits_in, lambda m, b, k: fits_in(m, 2 * b, k), match="so it does not fit")
+    rejects(m00.check_fits_in, lambda m, b, k: list(fits_in(m, b, k).values()), match="should return a dict")
+
+
 def test_lab01_pair_counts_and_merge_reject_more_mistakes():
     rejects(m01.check_pair_counts, lambda ids: pairs_good(ids[1:]), match="counts (1, 2) 1 times, expected 2")
     rejects(m01.check_pair_counts, lambda ids: list(pairs_good(ids).items()), match="should return a dict")

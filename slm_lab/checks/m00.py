@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..sizing import weight_bytes
-from . import fail, passed
+from . import call, fail, forbids, passed
 
 # check id → (what is asked, expected value, relative tolerance, {wrong value: diagnosis})
 ANSWERS: dict[str, tuple[str, float, float, dict[float, str]]] = {
@@ -60,7 +60,54 @@ def check_fits(answer: dict, budget_gb: float = 8.0) -> None:
     passed("00.fits", f"{sum(answer.values())} of {len(answer)} fit in {budget_gb:g} GB at fp16")
 
 
+# (models, budget in GB, bits per weight): a model exactly at the budget fits; 3.2B at 4 bits is 1.6 GB.
+_FITS_IN_CASES = (
+    ({"SmolLM2-360M": 362e6, "Llama-3-8B": 8.03e9, "exactly 8 GB": 4e9, "8.3 GB": 4.15e9}, 8.0, 16),
+    ({"Phi-3-mini": 3.8e9, "Llama-3-8B": 8.03e9, "Llama-3-70B": 70.6e9}, 8.0, 4),
+    ({"TinyLlama-1.1B": 1.1e9, "Llama-3.2-3B": 3.2e9, "exactly 7 GB": 7e9, "10 GB": 10e9}, 7.0, 8),
+    ({"Llama-3.2-3B": 3.2e9, "GPT-3": 175e9}, 1.6, 4),
+)
+
+
+def _fits_in(models: dict, budget_gb: float, bits: int, gb: float = 1e9, bytes_per_bit: float = 1 / 8,
+             strict: bool = False) -> dict:
+    """The reference and its mistakes: GB = 10^9 bytes, bits / 8 bytes per weight, a model at the budget fits."""
+    size = {name: n * bits * bytes_per_bit / gb for name, n in models.items()}
+    return {name: (s < budget_gb if strict else s <= budget_gb + 1e-9) for name, s in size.items()}
+
+
+@forbids("slm_lab.sizing.weight_bytes", "slm_lab.sizing.fits", "slm_lab.sizing.memory_needed")
+def check_fits_in(fits_in) -> None:
+    """fits_in(models: {name: parameters}, budget_gb, bits) → {name: True/False}: do the weights at `bits`
+    bits each fit in budget_gb GB (10^9 bytes)?"""
+    what = "fits_in"
+    answers = []
+    for models, budget, bits in _FITS_IN_CASES:
+        got = call(fits_in, dict(models), budget, bits, what=f"{what}(…, budget_gb={budget:g}, bits={bits})")
+        if not isinstance(got, dict) or set(got) != set(models):
+            fail(f"{what} should return a dict with one True/False per model ({', '.join(models)}).")
+        answers.append({k: bool(v) for k, v in got.items()})
+    if all(got == _fits_in(*case) for got, case in zip(answers, _FITS_IN_CASES, strict=True)):
+        passed("fits_in", f"{len(_FITS_IN_CASES)} budgets and bit widths, the boundary included")
+        return
+    slips = {"a model exactly at the budget fits: compare with <=, not <": {"strict": True},
+             "that is GiB (2^30 bytes); the budget is in GB (10^9 bytes)": {"gb": 2**30},
+             "bits taken as bytes — a weight of `bits` bits takes bits / 8 bytes": {"bytes_per_bit": 1.0},
+             "the bits argument is ignored — use it, not a fixed 2 bytes (fp16)": {"bits": 16}}
+    for why, change in slips.items():          # the mistake that gives every answer the student's function gave
+        if all(got == _fits_in(**{"models": m, "budget_gb": b, "bits": k, **change})
+               for got, (m, b, k) in zip(answers, _FITS_IN_CASES, strict=True)):
+            fail(f"{what}: {why}.")
+    for got, (models, budget, bits) in zip(answers, _FITS_IN_CASES, strict=True):
+        want = _fits_in(models, budget, bits)
+        if got != want:
+            name = next(n for n in models if got[n] != want[n])
+            fail(f"{what}(budget_gb={budget:g}, bits={bits}): {name} ({models[name] / 1e9:g}B parameters) needs "
+                 f"{models[name] * bits / 8 / 1e9:.2f} GB, so it {'fits' if want[name] else 'does not fit'}.")
+
+
 FIT_MODELS = {"SmolLM2-360M": 362e6, "TinyLlama-1.1B": 1.1e9, "Phi-3-mini": 3.8e9, "Llama-3-8B": 8.03e9,
               "GPT-3": 175e9}
 
-CHECKS = {**{k: (lambda v, k=k: check_answer(k, v)) for k in ANSWERS}, "00.fits": check_fits}
+CHECKS = {**{k: (lambda v, k=k: check_answer(k, v)) for k in ANSWERS}, "00.fits": check_fits,
+          "00.fits_in": check_fits_in}

@@ -80,7 +80,17 @@ def checks() -> list[Item]:
                                 ("jupyterlab", "jupyterlab", "dev"), ("nbval", "nbval", "course"),
                                 ("nbformat", "nbformat", "course")):
         items.append(_package(name, module, f'pip install -e ".[{extra}]"', False))
+    items.append(_grading_sandbox())
     return items
+
+
+def _grading_sandbox() -> Item:
+    """Whether `slm-lab grade` can sandbox submissions here (instructors only, so optional)."""
+    from .sandbox import INSTALL_HINT, describe, unavailable
+
+    why = unavailable()
+    return Item("grading sandbox", why is None, describe() if why is None else why.split(";")[0],
+                INSTALL_HINT if why and "bwrap" in why else "see INSTRUCTORS.md, 'Grading safely'", required=False)
 
 
 def run() -> int:
