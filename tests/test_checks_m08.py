@@ -106,3 +106,5 @@ def test_report_check():
     rejects(m08.check_report, report_with(lambda r, ms, b: [r[n].update(prefill_ms=r[n]["prefill_ms"] / 1e3) for n in r]),
             match="multiply by 1000")
     rejects(m08.check_report, report_with(lambda r, ms, b: r["onnxruntime int8"].pop("speedup")), match="lacks speedup")
+    # ratios against the first row whatever `baseline` says
+    rejects(m08.check_report, lambda ms, b: report_good(ms, next(iter(ms))), match="not by the first row")

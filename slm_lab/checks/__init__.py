@@ -180,7 +180,8 @@ def _link_of(value):
 def expect_tensor(out, *, what: str, shape: tuple | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Fail unless `out` is a tensor with the given shape and dtype."""
     if not isinstance(out, torch.Tensor):
-        fail(f"{what} should return a torch.Tensor, got {type(out).__name__}.")
+        got = out.type_name if isinstance(out, Remote) else type(out).__name__
+        fail(f"{what} should return a torch.Tensor, got {got}.")
     if shape is not None and tuple(out.shape) != tuple(shape):
         fail(f"{what} returned shape {tuple(out.shape)}, expected {tuple(shape)}.")
     if dtype is not None and out.dtype != dtype:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..sizing import weight_bytes
 from . import call, fail, forbids, passed
@@ -90,7 +91,8 @@ def check_fits_in(fits_in) -> None:
     if all(got == _fits_in(*case) for got, case in zip(answers, _FITS_IN_CASES, strict=True)):
         passed("fits_in", f"{len(_FITS_IN_CASES)} budgets and bit widths, the boundary included")
         return
-    slips = {"a model exactly at the budget fits: compare with <=, not <": {"strict": True},
+    slips: dict[str, dict[str, Any]] = {
+             "a model exactly at the budget fits: compare with <=, not <": {"strict": True},
              "that is GiB (2^30 bytes); the budget is in GB (10^9 bytes)": {"gb": 2**30},
              "bits taken as bytes — a weight of `bits` bits takes bits / 8 bytes": {"bytes_per_bit": 1.0},
              "the bits argument is ignored — use it, not a fixed 2 bytes (fp16)": {"bits": 16}}

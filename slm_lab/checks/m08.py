@@ -226,7 +226,16 @@ def check_report(deployment_report) -> None:
                 fail(f"{what}: {name!r} {field} is inverted — divide this configuration by the baseline "
                      f"({want[field]:.2f}, not {value:.2f}).")
             fail(f"{what}: {name!r} {field} is {value:.4g}, expected {want[field]:.4g}.")
-    passed("deployment report", "medians over repeats, units, ratios against the baseline")
+    other = "onnxruntime fp32"                  # a baseline that is not the first row
+    out = call(deployment_report, data, other, what=what)
+    want = _ref_report(data, other)
+    for name in data:
+        for field in ("speedup", "size_ratio"):
+            value = out.get(name, {}).get(field) if isinstance(out, dict) and isinstance(out.get(name), dict) else None
+            if not isinstance(value, (int, float)) or not math.isclose(value, want[name][field], rel_tol=1e-6):
+                fail(f"{what}(baseline={other!r}): {name!r} {field} is {value!r}, expected {want[name][field]:.4g} — "
+                     "divide by the row named by `baseline`, not by the first row.")
+    passed("deployment report", "medians over repeats, units, ratios against any baseline")
 
 
 CHECKS = {"08.greedy_decode": check_greedy_decode, "08.report": check_report}

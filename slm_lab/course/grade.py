@@ -237,10 +237,12 @@ def run_graded(nb, folder: Path, timeout: float, limit: float, profile: str, lea
     """Run nb with the files of `folder` (but `leave_out`) in a scratch copy, its kernel sandboxed, its checks
     judged by this process (`runner`)."""
     scratch = Path(tempfile.mkdtemp(prefix="slm-lab-grade-"))
+    ipc = None
     try:
-        work, ipc = scratch / "work", scratch / "ipc"
+        work = scratch / "work"
         _scratch_copy(folder, work, (scratch, *leave_out))
-        ipc.mkdir()
+        # the kernel's sockets: a short path (a Unix socket's is limited to ~107 bytes, and TMPDIR can be deep)
+        ipc = Path(tempfile.mkdtemp(prefix="slm-ipc-", dir="/tmp" if os.path.isdir("/tmp") else None))
         notebooks.write(nb, work / "submission.ipynb")
         if sandboxed:
             sandbox.prepare(work)
@@ -250,6 +252,8 @@ def run_graded(nb, folder: Path, timeout: float, limit: float, profile: str, lea
                           is_check=lambda c: check_id(c) is not None, readable=readable)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if ipc is not None:
+            shutil.rmtree(ipc, ignore_errors=True)
 
 
 def _cache_root() -> Path:
@@ -268,8 +272,9 @@ def grade_one(path: Path, canonical: dict, timeout: float, limit: float, profile
     if nb is None:
         return row
     prepare(nb, canonical, hidden)
+    labs = tuple(sorted({cid.split(".")[0] for cid in canonical}))
     row.flags = scan.flags([(k, c.source) for k, c in enumerate(nb.cells, 1)
-                            if c.cell_type == "code" and check_id(c) is None and c.source.strip() not in given])
+                            if c.cell_type == "code" and check_id(c) is None and c.source.strip() not in given], labs)
     outcome = run_graded(nb, path.resolve().parent, timeout, limit, profile, leave_out, sandboxed)
     row.reason = outcome.reason
     code = [c for c in nb.cells if c.cell_type == "code"]

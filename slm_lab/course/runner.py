@@ -94,7 +94,7 @@ class Kernel:
         if self.sandboxed:
             sandbox.prepare(self.ipc)          # the kernel creates its sockets here and reads the key file
         kw = {} if self.sandboxed else {"env": {**os.environ, **self.env}, "cwd": str(self.work)}
-        self.log = open(self.ipc.parent / "kernel.log", "wb")     # noqa: SIM115 - closed in stop()
+        self.log = open(self.ipc / "kernel.log", "wb")     # noqa: SIM115 - closed in stop()
         self.km.start_kernel(stdout=subprocess.DEVNULL, stderr=self.log, **kw)
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -154,7 +154,7 @@ class Kernel:
     def last_words(self) -> str:
         """The last line the kernel wrote to stderr (why it did not start)."""
         try:
-            lines = (self.ipc.parent / "kernel.log").read_text(errors="replace").strip().splitlines()
+            lines = (self.ipc / "kernel.log").read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return lines[-1][:120] if lines else ""

@@ -17,20 +17,23 @@ MODULES = {"builtins", "importlib", "ctypes", "subprocess", "signal", "multiproc
            "sys"}
 # Attribute chains worth a look, wherever they appear.
 ATTRIBUTES = {"sys.modules", "os.kill", "os.killpg", "os.system", "os.fork", "os.setsid", "os.execv", "os.execl",
-              "os.popen", "os.spawnl", "os.chmod", "os.remove", "os.unlink", "shutil.rmtree",
-              "F.scaled_dot_product_attention", "torch.nn.functional.scaled_dot_product_attention",
-              "nn.RMSNorm", "torch.nn.RMSNorm", "F.rms_norm", "torch.nn.functional.rms_norm",
-              "nn.MultiheadAttention", "torch.nn.MultiheadAttention"}
-NAMES = {"get_ipython", "__builtins__", "__import__", "exec", "eval", "compile", "globals", "setattr", "delattr",
-         "references_allowed"}
+              "os.popen", "os.spawnl", "os.chmod"}
+NAMES = {"get_ipython", "__builtins__", "__import__", "exec", "eval", "compile", "globals", "references_allowed"}
 CHECK_MODULE = re.compile(r"m\d\d$")
+# Modules a lab answer has no business changing: assigning to (or setattr on) anything reached from them.
+GUARDED = ("torch", "math", "numpy", "slm_lab", "builtins")
+# The names the course's notebooks use for modules, before any import in the cell says otherwise.
+ALIASES = {"F": "torch.nn.functional", "nn": "torch.nn", "np": "numpy", "torch": "torch", "math": "math"}
 
 
-@functools.lru_cache(maxsize=1)
-def forbidden_references() -> frozenset[str]:
-    """Every dotted name some check switches off while it runs a student's code (`checks.forbids`)."""
+@functools.cache
+def forbidden_references(labs: tuple[str, ...] | None = None) -> frozenset[str]:
+    """The dotted names the checks of `labs` ("02", ...; all labs when None) switch off while they run a
+    student's code (`checks.forbids`)."""
     names: set[str] = set()
     for n in range(100):
+        if labs is not None and f"{n:02d}" not in labs:
+            continue
         try:
             mod = importlib.import_module(f"slm_lab.checks.m{n:02d}")
         except ImportError:
@@ -60,12 +63,39 @@ def _parse(source: str) -> ast.AST | None:
         return None
 
 
-def cell_flags(source: str) -> set[str]:
-    """The flags of one answer cell's source (see the module docstring)."""
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """name → the module (or module attribute) it stands for in this cell: the defaults, then its imports."""
+    aliases = dict(ALIASES)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
+
+
+def _resolved(node: ast.AST, aliases: dict[str, str]) -> str:
+    dotted = _dotted(node)
+    root, _, rest = dotted.partition(".")
+    if root in aliases:
+        return aliases[root] + ("." + rest if rest else "")
+    return dotted
+
+
+def _guarded(full: str) -> bool:
+    return full.split(".")[0] in GUARDED or bool(CHECK_MODULE.fullmatch(full.split(".")[0]))
+
+
+def cell_flags(source: str, forbidden: frozenset[str] | None = None) -> set[str]:
+    """The flags of one answer cell's source (see the module docstring); `forbidden`: the package names the
+    lab's checks refuse (default: every lab's)."""
     tree = _parse(source)
     if tree is None:
         return {"does not parse"} if source.strip() else set()
-    forbidden = forbidden_references()
+    forbidden = forbidden_references() if forbidden is None else forbidden
+    aliases = _aliases(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -83,35 +113,38 @@ def cell_flags(source: str) -> set[str]:
                     found.add(f"imports {full}")
         elif isinstance(node, ast.Name) and node.id in NAMES:
             found.add(node.id)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and aliases.get(node.id) in forbidden:
+            found.add(f"uses {aliases[node.id]}")
         elif isinstance(node, ast.Attribute):
-            dotted = _dotted(node)
+            dotted, full = _dotted(node), _resolved(node, aliases)
             if dotted in ATTRIBUTES:
                 found.add(dotted)
-            root = dotted.split(".")[0]
-            full = "slm_lab." + dotted.split(".", 1)[-1] if root == "slm_lab" else ""
             if full in forbidden:
                 found.add(f"uses {full}")
-            if CHECK_MODULE.fullmatch(root) and "." in dotted and not node.attr.startswith("check_") \
-                    and (node.attr.startswith("_") or "ref" in node.attr.lower() or node.attr.isupper()):
+            root = dotted.split(".")[0]
+            if CHECK_MODULE.fullmatch(root) and dotted.count(".") == 1 and not node.attr.startswith("check_") \
+                    and (node.attr.startswith("_") or re.search("ref|answer", node.attr, re.I)):
                 found.add(f"reads {root}.{node.attr}")
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in targets:
-                dotted = _dotted(t)
-                if "." in dotted and dotted.split(".")[0] in ("torch", "F", "nn", "math", "np", "numpy", "slm_lab") \
-                        or CHECK_MODULE.fullmatch(dotted.split(".")[0]):
-                    found.add(f"assigns {dotted}")
-        elif isinstance(node, ast.ClassDef | ast.FunctionDef) and CHECK_MODULE.fullmatch(node.name):
+                if isinstance(t, ast.Attribute) and _guarded(_resolved(t, aliases)):
+                    found.add(f"assigns {_dotted(t)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr") \
+                and node.args and _guarded(_resolved(node.args[0], aliases)):
+            found.add(f"{node.func.id} on {_dotted(node.args[0])}")
+        elif isinstance(node, (ast.ClassDef, ast.FunctionDef)) and CHECK_MODULE.fullmatch(node.name):
             found.add(f"defines {node.name}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "/proc" in node.value:
             found.add("/proc")
     return found
 
 
-def flags(cells: list) -> list[str]:
-    """Flags of the answer cells, as [(flag) (cell K)], K counting every cell from 1; `cells` are
-    (K, source) of the cells that are not checks."""
+def flags(cells: list, labs: tuple[str, ...] | None = None) -> list[str]:
+    """Flags of the answer cells, as "flag (cell K)", K counting every cell from 1; `cells` are (K, source) of
+    the cells that are not checks; `labs`: the labs whose checks' refused names count (default: all)."""
+    forbidden = forbidden_references(labs)
     out = []
     for k, source in cells:
-        out += [f"{flag} (cell {k})" for flag in sorted(cell_flags(source))]
+        out += [f"{flag} (cell {k})" for flag in sorted(cell_flags(source, forbidden))]
     return out
