@@ -1,0 +1,141 @@
+"""Instruction tuning, measured: task accuracy with 95% intervals for the ways module 10 compares.
+
+On the offline instruction data (`slm_lab.instruct`: three task families) it fine-tunes module 02's
+`small` model with the course's train() (`slm_lab.sft`) and scores each result on the test split
+(`slm_lab.task_eval`: multiple choice by mean log-likelihood, exact match of the greedy answer):
+  - untuned: the pretrained model with the chat tokens added, no fine-tuning (zero-shot; its 128-token
+    context has no room for few-shot examples);
+  - SFT, loss on the answers only (masked), and on every token (unmasked), each over --seeds seeds;
+  - SFT from random initialisation (same architecture and steps: what pretraining buys), over --seeds;
+  - LoRA (r=8 on attention and MLP, the embedding trainable for the new tokens) against full fine-tuning:
+    accuracy, trainable parameters, optimizer state;
+  - the masked SFT model quantized to int8 and int4 (module 05's quantize_model).
+Prints one table and writes benchmarks/results/instruct.json (every run's per-family accuracy, interval,
+baseline, seconds).
+
+    python benchmarks/instruct.py             # full profile sizes, 2 seeds (about 20 minutes on 2 cores)
+    python benchmarks/instruct.py --quick     # the smoke model, 20 steps, 30 test items: checks it runs
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from common import results_dir
+
+from slm_lab import chat, instruct, sft, task_eval
+from slm_lab.lora import ATTENTION, LLAMA_MLP, inject_lora, measure_optimizer_state
+from slm_lab.quantize import model_bytes, quantize_model
+from slm_lab.train import pretrained
+
+
+def baselines(split: instruct.Split) -> dict[str, float]:
+    """Chance for the multiple-choice families; the trivial rule (the commonest training answer) for the
+    generated one, measured on the test items."""
+    rule = instruct.most_common_answer(split.train, "first_word")
+    test = split.family("first_word")
+    return {"source": 0.5, "last_word": 0.25,
+            "first_word": sum(task_eval.normalise(e.answer) == task_eval.normalise(rule) for e in test) / len(test)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=sft.SFT.max_steps)
+    args = parser.parse_args()
+    if args.quick:
+        os.environ["SLM_LAB_PROFILE"] = "smoke"
+        args.seeds, args.steps = 1, 20
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = pretrained("small", progress=False)
+    vocab = set(base.tokenizer.chars)
+    split = instruct.build(vocab)
+    test = split.test[:30] if args.quick else split.test
+    val = split.test[-64:]                       # loss curves only; accuracy is on `test`
+    base_rates = baselines(split)
+
+    def fresh(random_init: bool = False):
+        model = copy.deepcopy(base.model)
+        if random_init:
+            torch.manual_seed(1234)
+            model = type(model)(model.cfg)
+        return chat.add_chat_tokens(model, base.tokenizer)
+
+    runs: list[dict] = []
+
+    def record(name: str, model, tok, seconds: float, **extra) -> dict:
+        t0 = time.perf_counter()
+        res = task_eval.evaluate_tasks(model, tok, test, base_rates)
+        row = {"run": name, "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
+               "tasks": {k: r.to_dict() for k, r in res.items()}, **extra}
+        runs.append(row)
+        accs = "  ".join(f"{k} {r.accuracy:.1%} [{r.interval[0]:.1%}, {r.interval[1]:.1%}]" for k, r in res.items())
+        print(f"{name:<28} {accs}", flush=True)
+        return row
+
+    model, tok = fresh()
+    record("untuned (zero-shot)", model, tok, 0.0)
+    tuned = None
+    for mask in (True, False):
+        for seed in range(args.seeds):
+            model, tok = fresh()
+            t0 = time.perf_counter()
+            hist = sft.finetune(model, tok, split.train, val, mask=mask, seed=seed, max_steps=args.steps, progress=False)
+            record(f"SFT {'masked' if mask else 'unmasked'} seed {seed}", model, tok, time.perf_counter() - t0,
+                   mask=mask, seed=seed, val_loss=hist.val_loss[-1])
+            if mask and seed == 0:
+                tuned = (model, tok)
+    for seed in range(args.seeds):
+        model, tok = fresh(random_init=True)
+        t0 = time.perf_counter()
+        sft.finetune(model, tok, split.train, val, seed=seed, max_steps=args.steps, progress=False)
+        record(f"random init, SFT seed {seed}", model, tok, time.perf_counter() - t0, seed=seed)
+
+    # LoRA against full fine-tuning: trainable parameters and the optimizer state they need
+    model, tok = fresh()
+    full_trainable = sum(p.numel() for p in model.parameters())
+    full_state = measure_optimizer_state(model, sft.SFT)
+    inject_lora(model, ATTENTION + LLAMA_MLP, r=8, alpha=16.0)
+    model.tok_emb.weight.requires_grad_(True)           # the new chat tokens' rows must learn
+    lora_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora_state = measure_optimizer_state(model, sft.SFT)
+    t0 = time.perf_counter()
+    sft.finetune(model, tok, split.train, val, seed=0, max_steps=args.steps, progress=False)
+    record("LoRA r=8, SFT seed 0", model, tok, time.perf_counter() - t0, trainable=lora_trainable,
+           full_trainable=full_trainable, optimizer_state_bytes=lora_state, full_optimizer_state_bytes=full_state)
+
+    # compression keeps the skill?
+    model, tok = tuned
+    for bits in (8, 4):
+        q = quantize_model(copy.deepcopy(model), bits=bits, group_size=None if bits == 8 else 32)
+        record(f"SFT masked, int{bits}", q, tok, 0.0, bytes=model_bytes(q), fp32_bytes=model_bytes(model))
+
+    def mean_acc(prefix: str, family: str) -> float:
+        vals = [r["tasks"][family]["accuracy"] for r in runs if r["run"].startswith(prefix)]
+        return statistics.mean(vals) if vals else float("nan")
+
+    summary = {f: {"masked": mean_acc("SFT masked seed", f), "unmasked": mean_acc("SFT unmasked", f),
+                   "random_init": mean_acc("random init", f), "untuned": mean_acc("untuned", f),
+                   "baseline": base_rates[f]} for f in instruct.FAMILIES}
+    print("\nmean accuracy over seeds:")
+    for f, s in summary.items():
+        print(f"{f:<12} " + "  ".join(f"{k} {v:.1%}" for k, v in s.items()))
+    out = results_dir(args.quick) / "instruct.json"
+    out.write_text(json.dumps({"what": "task accuracy of module 02's small model after instruction tuning",
+                               "date": datetime.date.today().isoformat(), "machine": platform.machine(),
+                               "cpus": os.cpu_count(), "quick": args.quick, "steps": args.steps,
+                               "seeds": args.seeds, "n_train": len(split.train), "n_test": len(test),
+                               "baselines": base_rates, "runs": runs, "summary": summary}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
