@@ -14,7 +14,7 @@ Prints one table and writes benchmarks/results/instruct.json (every run's per-fa
 baseline, seconds).
 
     python benchmarks/instruct.py             # full profile sizes, 2 seeds (about 20 minutes on 2 cores)
-    python benchmarks/instruct.py --quick     # the smoke model, 20 steps, 30 test items: checks it runs
+    python benchmarks/instruct.py --quick     # the smoke model, 10 steps, 15 test items: checks it runs
 """
 from __future__ import annotations
 
@@ -53,12 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         os.environ["SLM_LAB_PROFILE"] = "smoke"
-        args.seeds, args.steps = 1, 20
+        args.seeds, args.steps = 1, 10
     torch.set_num_threads(os.cpu_count() or 1)
     base = pretrained("small", progress=False)
     vocab = set(base.tokenizer.chars)
     split = instruct.build(vocab)
-    test = split.test[:30] if args.quick else split.test
+    test = split.test[:15] if args.quick else split.test
     val = split.test[-64:]                       # loss curves only; accuracy is on `test`
     base_rates = baselines(split)
 

@@ -2,7 +2,7 @@
 with the loss on the answer only, and `chat()`.
 
 A conversation turn is written  <|user|>PROMPT<|assistant|>ANSWER<|end|>  — three special tokens, each one
-new id (`tokenizer.ChatTokenizer`). `add_chat_tokens` grows the model's embedding (and its tied output
+new id (`ChatTokenizer`, below). `add_chat_tokens` grows the model's embedding (and its tied output
 head) by three rows, initialised to the mean of the existing rows: a new token then starts as an
 "average character", so the model's first predictions after it are sensible and the loss starts where
 the pretrained model's does, not at a random spike.
@@ -13,13 +13,74 @@ assistant says (the answer and its end-of-turn token), not on predicting the ins
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
+import regex
 import torch
 import torch.nn.functional as F
 
+from . import tokenizer as _tokenizers
 from .data import get_batch, step_generator
 from .errors import SLMLabError
 from .model import SLM
-from .tokenizer import ChatTokenizer
+from .tokenizer import _ids, _save_json, tokenizer_from_dict
+
+
+# The tokenizer of a chat model: any course tokenizer plus special tokens. It lives here, not in
+# slm_lab.tokenizer, and registers its kind there, so `load_tokenizer` / `load_checkpoint` read a chat model's
+# tokenizer.json once this module is imported (slm_lab.chat, slm_lab.sft and slm_lab.task_eval import it).
+class ChatTokenizer:
+    """A base tokenizer plus special tokens: `specials[i]` has id base.vocab_size + i. In text, a special
+    token is written as itself (e.g. "<|user|>") and encodes to its one id; the rest goes to the base."""
+
+    kind = "chat"
+
+    def __init__(self, base, specials: Iterable[str]):
+        self.base, self.specials = base, list(specials)
+        if len(set(self.specials)) != len(self.specials) or not all(self.specials):
+            raise SLMLabError(f"special tokens must be distinct non-empty strings, got {self.specials}.")
+        self.special_ids = {t: base.vocab_size + i for i, t in enumerate(self.specials)}
+        self._split = regex.compile("(" + "|".join(regex.escape(t) for t in self.specials) + ")")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.vocab_size + len(self.specials)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for part in self._split.split(text):
+            if part in self.special_ids:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids += self.base.encode(part)
+        return ids
+
+    def decode(self, ids) -> str:
+        out: list[str] = []
+        run: list[int] = []
+        for i in _ids(ids):
+            if i >= self.base.vocab_size:
+                out.append(self.base.decode(run))
+                run = []
+                out.append(self.specials[i - self.base.vocab_size])
+            else:
+                run.append(i)
+        return "".join(out) + self.base.decode(run)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "base": self.base.to_dict(), "specials": self.specials}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChatTokenizer:
+        return cls(tokenizer_from_dict(d["base"]), d["specials"])
+
+    def save(self, path: str | Path) -> None:
+        _save_json(self.to_dict(), path)
+
+
+
+_tokenizers.KINDS[ChatTokenizer.kind] = ChatTokenizer  # type: ignore[assignment]
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 SPECIALS = (USER, ASSISTANT, END)
@@ -136,3 +197,30 @@ def chat(model: SLM, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
         out = model(torch.tensor([[nxt]], device=device), kv_cache=cache)
         cache = out.kv_cache
     return tok.decode(new)
+
+
+def chat_box(model, tokenizer, prompt: str, max_new_tokens: int = 40):
+    """A prompt box over slm_lab.chat.chat; prints the answer to the default prompt."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    from .chat import chat
+
+    text = w.Text(value=prompt, description="you", layout={"width": "90%"})
+    out = w.Output(layout={"border": "1px solid #ddd"})
+
+    def answer(prompt_: str) -> str:
+        try:
+            return chat(model, tokenizer, prompt_, max_new_tokens)
+        except Exception as exc:  # a character outside the vocabulary, a prompt longer than the context
+            return f"⚠ {exc}"
+
+    def refresh(_=None):
+        out.clear_output()
+        with out:
+            print("assistant:", answer(text.value))
+
+    text.observe(refresh, names="value")
+    print(f"you: {prompt}\nassistant: {answer(prompt)}")
+    display(w.VBox([text, out]))
+    refresh()

@@ -5,8 +5,6 @@
   text → regex chunks → UTF-8 bytes → repeatedly merge the most frequent adjacent pair (ties: the
   smallest pair).
 - `HFBPETokenizer`: the same interface over Hugging Face `tokenizers` (Rust), for comparison and speed.
-- `ChatTokenizer`: any of them plus special tokens (the chat format's user / assistant / end-of-turn
-  markers, `slm_lab.chat`), each one new id after the base vocabulary.
 """
 from __future__ import annotations
 
@@ -245,57 +243,8 @@ class HFBPETokenizer:
         return cls.from_dict(_load_json(path))
 
 
-class ChatTokenizer:
-    """A base tokenizer plus special tokens: `specials[i]` has id base.vocab_size + i. In text, a special
-    token is written as itself (e.g. "<|user|>") and encodes to its one id; the rest goes to the base."""
-
-    kind = "chat"
-
-    def __init__(self, base, specials: Iterable[str]):
-        self.base, self.specials = base, list(specials)
-        if len(set(self.specials)) != len(self.specials) or not all(self.specials):
-            raise SLMLabError(f"special tokens must be distinct non-empty strings, got {self.specials}.")
-        self.special_ids = {t: base.vocab_size + i for i, t in enumerate(self.specials)}
-        self._split = regex.compile("(" + "|".join(regex.escape(t) for t in self.specials) + ")")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size + len(self.specials)
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for part in self._split.split(text):
-            if part in self.special_ids:
-                ids.append(self.special_ids[part])
-            elif part:
-                ids += self.base.encode(part)
-        return ids
-
-    def decode(self, ids) -> str:
-        out: list[str] = []
-        run: list[int] = []
-        for i in _ids(ids):
-            if i >= self.base.vocab_size:
-                out.append(self.base.decode(run))
-                run = []
-                out.append(self.specials[i - self.base.vocab_size])
-            else:
-                run.append(i)
-        return "".join(out) + self.base.decode(run)
-
-    def to_dict(self) -> dict:
-        return {"type": self.kind, "base": self.base.to_dict(), "specials": self.specials}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ChatTokenizer:
-        return cls(tokenizer_from_dict(d["base"]), d["specials"])
-
-    def save(self, path: str | Path) -> None:
-        _save_json(self.to_dict(), path)
-
-
-Tokenizer = CharTokenizer | BPETokenizer | HFBPETokenizer | ChatTokenizer   # any course tokenizer
-KINDS: dict[str, type[Tokenizer]] = {c.kind: c for c in (CharTokenizer, BPETokenizer, HFBPETokenizer, ChatTokenizer)}
+Tokenizer = CharTokenizer | BPETokenizer | HFBPETokenizer   # any course tokenizer
+KINDS: dict[str, type[Tokenizer]] = {c.kind: c for c in (CharTokenizer, BPETokenizer, HFBPETokenizer)}
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:

@@ -37,30 +37,3 @@ def sampling_playground(model, tokenizer, prompt: str = "ROMEO:\n", max_new_toke
     print(sample(temperature.value, 0, 1.0, 0, prompt))
     display(w.VBox([w.HBox([temperature, top_k]), w.HBox([top_p, seed]), text, out]))
     refresh()
-
-
-def chat_box(model, tokenizer, prompt: str, max_new_tokens: int = 40):
-    """A prompt box over slm_lab.chat.chat; prints the answer to the default prompt."""
-    import ipywidgets as w
-    from IPython.display import display
-
-    from .chat import chat
-
-    text = w.Text(value=prompt, description="you", layout={"width": "90%"})
-    out = w.Output(layout={"border": "1px solid #ddd"})
-
-    def answer(prompt_: str) -> str:
-        try:
-            return chat(model, tokenizer, prompt_, max_new_tokens)
-        except Exception as exc:  # a character outside the vocabulary, a prompt longer than the context
-            return f"⚠ {exc}"
-
-    def refresh(_=None):
-        out.clear_output()
-        with out:
-            print("assistant:", answer(text.value))
-
-    text.observe(refresh, names="value")
-    print(f"you: {prompt}\nassistant: {answer(prompt)}")
-    display(w.VBox([text, out]))
-    refresh()

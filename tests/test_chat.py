@@ -8,7 +8,8 @@ from slm_lab.checkpoint import load_checkpoint, save_checkpoint
 from slm_lab.data import get_batch, step_generator
 from slm_lab.errors import SLMLabError
 from slm_lab.model import SLM, SLMConfig
-from slm_lab.tokenizer import CharTokenizer, ChatTokenizer, tokenizer_from_dict
+from slm_lab.chat import ChatTokenizer
+from slm_lab.tokenizer import CharTokenizer, tokenizer_from_dict
 from slm_lab.train import TrainConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog. SPEAK? yes!"
