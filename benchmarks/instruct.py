@@ -36,15 +36,6 @@ from slm_lab.quantize import model_bytes, quantize_model
 from slm_lab.train import pretrained
 
 
-def baselines(split: instruct.Split) -> dict[str, float]:
-    """Chance for the multiple-choice families; the trivial rule (the commonest training answer) for the
-    generated one, measured on the test items."""
-    rule = instruct.most_common_answer(split.train, "first_word")
-    test = split.family("first_word")
-    return {"source": 0.5, "last_word": 0.25,
-            "first_word": sum(task_eval.normalise(e.answer) == task_eval.normalise(rule) for e in test) / len(test)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -60,7 +51,7 @@ def main() -> None:
     split = instruct.build(vocab)
     test = split.test[:15] if args.quick else split.test
     val = split.test[-64:]                       # loss curves only; accuracy is on `test`
-    base_rates = baselines(split)
+    base_rates = instruct.baselines(split)
 
     def fresh(random_init: bool = False):
         model = copy.deepcopy(base.model)

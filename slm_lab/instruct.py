@@ -133,3 +133,14 @@ def build(vocab: set[str] | None = None, n_train: int = 600, n_test: int = 200, 
 def most_common_answer(examples: list[Example], family: str) -> str:
     """The trivial rule's answer for a generated family: the commonest training answer."""
     return Counter(e.answer for e in examples if e.family == family).most_common(1)[0][0]
+
+
+def baselines(split: Split) -> dict[str, float]:
+    """Each family's baseline accuracy on the test items: chance for the multiple-choice families, the trivial
+    rule (always the commonest training answer, compared after normalising) for `first_word`."""
+    from .task_eval import normalise
+
+    rule = normalise(most_common_answer(split.train, "first_word"))
+    test = split.family("first_word")
+    return {"source": 0.5, "last_word": 0.25,
+            "first_word": sum(normalise(e.answer) == rule for e in test) / len(test)}

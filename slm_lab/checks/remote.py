@@ -36,17 +36,10 @@ _objects: dict[int, Any] = {}
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
 
 
-def _is_data(value, depth: int = 0) -> bool:
-    if depth > 20:
-        return False
-    # exact types: a float subclass with its own __eq__ is not data, it is an object that would lie
-    if type(value) in _SCALARS or type(value) in (torch.Tensor, torch.nn.Parameter):
-        return True
-    if type(value) in (list, tuple):
-        return all(_is_data(v, depth + 1) for v in value)
-    if type(value) is dict:
-        return all(_is_key(k) and _is_data(v, depth + 1) for k, v in value.items())
-    return False
+def _is_data(value) -> bool:
+    """A leaf that travels as itself. Exact types: a float subclass with its own __eq__ is not data, it is
+    an object that would lie."""
+    return type(value) in _SCALARS or type(value) in (torch.Tensor, torch.nn.Parameter)
 
 
 def _is_key(k) -> bool:
@@ -65,7 +58,7 @@ def _wrap(value):
         return type(value)(_wrap(v) for v in value)
     if isinstance(value, dict) and all(_is_key(k) for k in value):     # Counter, defaultdict: a plain dict
         return {k: _wrap(v) for k, v in value.items()}
-    if _is_data(value):
+    if _is_data(value):                 # lists, tuples and dicts were taken apart above: a leaf is left
         return value
     _objects[id(value)] = value
     return {_HANDLE: id(value), "type": type(value).__name__}

@@ -49,6 +49,7 @@ import nbformat
 
 from ..atomic import write_text
 from ..errors import SLMLabError
+from ..settings import cache_dir
 from . import notebooks, runner, sandbox, scan
 from .make_labs import build_lab, check_ids, hidden_ids, read_notebook
 
@@ -246,7 +247,7 @@ def run_graded(nb, folder: Path, timeout: float, limit: float, profile: str, lea
         notebooks.write(nb, work / "submission.ipynb")
         if sandboxed:
             sandbox.prepare(work)
-        readable = tuple(p for p in (_cache_root(),) if p.is_dir())
+        readable = _cache_root()
         env = {"SLM_LAB_PROFILE": profile, **({"SLM_LAB_CACHE": str(readable[0])} if readable else {})}
         return runner.run(nb, work, ipc, timeout=timeout, limit=limit, env=env, sandboxed=sandboxed,
                           is_check=lambda c: check_id(c) is not None, readable=readable)
@@ -256,10 +257,13 @@ def run_graded(nb, folder: Path, timeout: float, limit: float, profile: str, lea
             shutil.rmtree(ipc, ignore_errors=True)
 
 
-def _cache_root() -> Path:
-    """The course cache (trained models), which graded kernels may read but not change."""
-    root = os.environ.get("SLM_LAB_CACHE")
-    return Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slm_lab"
+def _cache_root() -> tuple[Path, ...]:
+    """The course cache (trained models; settings.cache_dir), which graded kernels may read but not change:
+    (its path,), or () where it cannot be created."""
+    try:
+        return (cache_dir(),)
+    except OSError:
+        return ()
 
 
 def grade_one(path: Path, canonical: dict, timeout: float, limit: float, profile: str,
