@@ -9,11 +9,16 @@ On the offline instruction data (`slm_lab.instruct`: three task families) it fin
   - SFT from random initialisation (same architecture and steps: what pretraining buys), over --seeds;
   - LoRA (r=8 on attention and MLP, the embedding trainable for the new tokens) against full fine-tuning:
     accuracy, trainable parameters, optimizer state;
-  - the masked SFT model quantized to int8 and int4 (module 05's quantize_model).
+  - the first recipe (500 steps at 2e-3) against `sft.SFT`, seed 0;
+  - the masked SFT model compressed: int8 and int4 weights (module 05's quantize_model), half the MLP
+    neurons removed and healed by a short SFT (module 06's prune_structured), and exported to ONNX Runtime
+    (module 08: fp32, int8 per channel, int4 in blocks of 32) — accuracy, size and decode speed of each.
+Multiple-choice families are scored by the mean or the sum of the answer's log-probabilities, whichever
+gets more validation items right for that run (task_eval.pick_length_norm); both test accuracies are kept.
 Prints one table and writes benchmarks/results/instruct.json (every run's per-family accuracy, interval,
 baseline, seconds).
 
-    python benchmarks/instruct.py             # full profile sizes, 2 seeds (about 20 minutes on 2 cores)
+    python benchmarks/instruct.py             # full profile sizes, 2 seeds (about 25 minutes on 2 cores)
     python benchmarks/instruct.py --quick     # the smoke model, 10 steps, 15 test items: checks it runs
 """
 from __future__ import annotations
@@ -25,15 +30,40 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import results_dir
 
 from slm_lab import chat, instruct, sft, task_eval
+from slm_lab.evaluate import fixed_batches
+from slm_lab.latency import time_decode
 from slm_lab.lora import ATTENTION, LLAMA_MLP, inject_lora, measure_optimizer_state
+from slm_lab.prune import prune_structured
 from slm_lab.quantize import model_bytes, quantize_model
 from slm_lab.train import pretrained
+
+HEAL_STEPS = 200        # SFT steps after pruning (module 06 heals the same way, with more steps)
+
+
+def record_onnx(model, tok, record, fp32_bytes: int) -> None:
+    """The tuned model exported to ONNX Runtime (module 08), as fp32, int8 per channel and int4 blocks of 32."""
+    try:
+        from slm_lab.onnx_export import export_onnx
+        from slm_lab.onnx_quantize import quantize_int4, quantize_int8
+        from slm_lab.onnx_slm import OnnxAsSLM
+    except ImportError as exc:                   # the deploy extra is not installed
+        print(f"ONNX rows skipped: {exc}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "model.onnx")
+        files = {"fp32": fp32, "int8": quantize_int8(fp32, Path(tmp) / "model.int8.onnx", per_channel=True),
+                 "int4": quantize_int4(fp32, Path(tmp) / "model.int4.onnx")}
+        for name, path in files.items():
+            record(f"SFT masked, ONNX Runtime {name}", OnnxAsSLM(path, threads=os.cpu_count() or 1), tok, 0.0,
+                   speed=True, bytes=path.stat().st_size, fp32_bytes=fp32_bytes)
 
 
 def main() -> None:
@@ -50,7 +80,7 @@ def main() -> None:
     vocab = set(base.tokenizer.chars)
     split = instruct.build(vocab)
     test = split.test[:15] if args.quick else split.test
-    val = split.test[-64:]                       # loss curves only; accuracy is on `test`
+    val = split.val[:15] if args.quick else split.val     # loss curves and the scoring rule; accuracy is on `test`
     base_rates = instruct.baselines(split)
 
     def fresh(random_init: bool = False):
@@ -62,14 +92,21 @@ def main() -> None:
 
     runs: list[dict] = []
 
-    def record(name: str, model, tok, seconds: float, **extra) -> dict:
+    def record(name: str, model, tok, seconds: float, speed: bool = False, **extra) -> dict:
         t0 = time.perf_counter()
-        res = task_eval.evaluate_tasks(model, tok, test, base_rates)
+        norm = task_eval.pick_length_norm(model, tok, val)
+        res = task_eval.evaluate_tasks(model, tok, test, base_rates, norm)
+        other = task_eval.evaluate_tasks(model, tok, [e for e in test if e.choices], base_rates,
+                                         {f: not v for f, v in norm.items()})
         row = {"run": name, "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
-               "tasks": {k: r.to_dict() for k, r in res.items()}, **extra}
+               "length_norm": norm, "tasks": {k: r.to_dict() for k, r in res.items()},
+               "other_scoring": {k: r.to_dict() for k, r in other.items()}, **extra}
+        if speed:                                # tokens/s: 32 greedy steps after a 64-token prompt, median of 5
+            row["decode_tokens_per_s"] = time_decode(model, 64, 32, repeats=1 if args.quick else 5)
         runs.append(row)
         accs = "  ".join(f"{k} {r.accuracy:.1%} [{r.interval[0]:.1%}, {r.interval[1]:.1%}]" for k, r in res.items())
-        print(f"{name:<28} {accs}", flush=True)
+        size = (f"  {row['bytes'] / 1e6:.2f} MB, {row['decode_tokens_per_s']:,.0f} tok/s" if speed else "")
+        print(f"{name:<44} {accs}{size}", flush=True)
         return row
 
     model, tok = fresh()
@@ -103,11 +140,32 @@ def main() -> None:
     record("LoRA r=8, SFT seed 0", model, tok, time.perf_counter() - t0, trainable=lora_trainable,
            full_trainable=full_trainable, optimizer_state_bytes=lora_state, full_optimizer_state_bytes=full_state)
 
+    # the first recipe, for comparison with sft.SFT
+    model, tok = fresh()
+    t0 = time.perf_counter()
+    sft.finetune(model, tok, split.train, val, seed=0, max_steps=max(1, args.steps // 2), lr=2e-3, min_lr=2e-4,
+                 progress=False)
+    record("SFT masked, first recipe", model, tok, time.perf_counter() - t0, steps=max(1, args.steps // 2), lr=2e-3)
+
     # compression keeps the skill?
     model, tok = tuned
+    fp32_bytes = model_bytes(model)
+    record("SFT masked, fp32", model, tok, 0.0, speed=True, bytes=fp32_bytes, fp32_bytes=fp32_bytes)
     for bits in (8, 4):
         q = quantize_model(copy.deepcopy(model), bits=bits, group_size=None if bits == 8 else 32)
-        record(f"SFT masked, int{bits}", q, tok, 0.0, bytes=model_bytes(q), fp32_bytes=model_bytes(model))
+        record(f"SFT masked, int{bits}", q, tok, 0.0, speed=True, bytes=model_bytes(q), fp32_bytes=fp32_bytes)
+    ids, _ = chat.sft_stream(tok, [(e.prompt, e.answer) for e in split.train[:256]], model.cfg.block_size)
+    calib = fixed_batches(ids, model.cfg.block_size, 8, 4)
+    d_ff = model.cfg.d_ff
+    pruned = prune_structured(model, calib, d_ff=d_ff // 2)
+    record("SFT masked, MLP pruned to half", pruned, tok, 0.0, speed=True, bytes=model_bytes(pruned),
+           fp32_bytes=fp32_bytes, d_ff=d_ff // 2)
+    t0 = time.perf_counter()
+    heal = max(1, args.steps // 50) if args.quick else HEAL_STEPS
+    sft.finetune(pruned, tok, split.train, val, seed=0, max_steps=heal, progress=False)
+    record(f"SFT masked, MLP pruned to half, healed {heal} steps", pruned, tok, time.perf_counter() - t0, speed=True,
+           bytes=model_bytes(pruned), fp32_bytes=fp32_bytes, d_ff=d_ff // 2)
+    record_onnx(model, tok, record, fp32_bytes)
 
     def mean_acc(prefix: str, family: str) -> float:
         vals = [r["tasks"][family]["accuracy"] for r in runs if r["run"].startswith(prefix)]

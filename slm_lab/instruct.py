@@ -10,7 +10,8 @@ Three task families, each a natural-language instruction with one right answer:
   answering the most common first word of the training lines, is its baseline).
 
 Items are drawn deterministically (a seeded shuffle of the distinct lines); a line belongs to the
-training items or to the test items, never both, so the test split shares no item with training. What
+training, validation or test items, never two of them, so the test split shares no item with training and
+choices made on validation items (a scoring rule, a threshold) are not tuned on the test. What
 it cannot teach: knowledge or reasoning. Every answer is in (or read off) the prompt or the style of
 the text; the tasks measure whether fine-tuning makes a small model follow an instruction format and
 use what it learned in pretraining, not whether it knows anything new.
@@ -20,12 +21,13 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .data import _python_docs, load_corpus
 
 FAMILIES = ("source", "last_word", "first_word")
 MAX_TEXT = 60                      # characters of quoted text, so a whole turn fits the 128-token context
+MAX_TURN = 124                     # characters of prompt + longest choice: with the 3 chat markers ≤ 127 tokens
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Example:
 class Split:
     train: list[Example]
     test: list[Example]
+    val: list[Example] = field(default_factory=list)   # choices made before the test (scoring, thresholds)
 
     def family(self, name: str, part: str = "test") -> list[Example]:
         return [e for e in getattr(self, part) if e.family == name]
@@ -86,48 +89,55 @@ def _first_word(line: str) -> str | None:
     return m.group(1) if m else None
 
 
-def build(vocab: set[str] | None = None, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Split:
-    """n_train training and n_test test examples per family (fewer where the text runs out)."""
-    rng = random.Random(seed)
-    lines, docs = shakespeare_lines(vocab), python_sentences(vocab)
-    rng.shuffle(lines)
-    rng.shuffle(docs)
-    n_doc_test = min(n_test // 2, len(docs) // 4)
-    pools = {"test": (lines[: 3 * n_test], docs[:n_doc_test]), "train": (lines[3 * n_test:], docs[n_doc_test:])}
-    ends = [w for w in (_last_word(line) for line in lines) if w]
-    end_words = sorted({w for _, w in ends})
-    split = {}
-    for part, (plays, python) in pools.items():
-        n = n_test if part == "test" else n_train
-        ex: list[Example] = []
-        # source: half from the plays, half from the documentation
-        k = min(n // 2, len(python))
-        for text, answer in [*((t, "Shakespeare") for t in plays[:k]), *((t, "Python") for t in python[:k])]:
-            ex.append(Example("source", f"Shakespeare or Python? {text}", answer, ("Shakespeare", "Python")))
-        # last_word: lines of their own (not the ones used for `source`)
-        got = 0
-        for line in plays[n: 2 * n] if part == "test" else plays[n: 3 * n]:
+def _examples(family: str, lines: list[str], n: int, end_words: list[str], rng: random.Random) -> list[Example]:
+    """Up to n examples of a verse family from `lines` (lines the family cannot use are skipped)."""
+    out: list[Example] = []
+    for line in lines:
+        if len(out) >= n:
+            break
+        if family == "last_word":
             split_line = _last_word(line)
-            if split_line is None or got >= n:
+            if split_line is None:
                 continue
             head, word = split_line
             others = [w for w in rng.sample(end_words, 8) if w.lower() != word.lower()][:3]
             choices = [word, *others]
             rng.shuffle(choices)
-            ex.append(Example("last_word", f"Which word ends it: {head} ... ({', '.join(choices)})", word,
-                              tuple(choices)))
-            got += 1
-        # first_word: lines of their own again
-        got = 0
-        for line in plays[2 * n:] if part == "test" else plays[3 * n:]:
-            first = _first_word(line)
-            if first is None or got >= n:
-                continue
-            ex.append(Example("first_word", f"First word of: {line}", first))
-            got += 1
+            prompt = f"Which word ends it: {head} ... ({', '.join(choices)})"
+            if len(prompt) + max(map(len, choices)) <= MAX_TURN:     # scoring appends each choice to the prompt
+                out.append(Example("last_word", prompt, word, tuple(choices)))
+        elif (first := _first_word(line)) is not None:
+            out.append(Example("first_word", f"First word of: {line}", first))
+    return out
+
+
+def build(vocab: set[str] | None = None, n_train: int = 1200, n_test: int = 400, n_val: int = 100,
+          seed: int = 0) -> Split:
+    """Per family, n_train training, n_val validation and n_test test examples (`source` has fewer: it takes
+    half its items from Python's documentation, a few hundred sentences, a quarter of them for testing)."""
+    rng = random.Random(seed)
+    lines, docs = shakespeare_lines(vocab), python_sentences(vocab)
+    rng.shuffle(lines)
+    rng.shuffle(docs)
+    ends = [w for w in (_last_word(line) for line in lines) if w]
+    end_words = sorted({w for _, w in ends})
+    sizes = {"test": n_test, "val": n_val, "train": n_train}
+    n_docs = {"test": min(n_test // 2, len(docs) // 4), "val": min(n_val // 2, len(docs) // 8)}
+    n_docs["train"] = min(n_train // 2, len(docs) - n_docs["test"] - n_docs["val"])
+    split, line_at, doc_at = {}, 0, 0
+    for part, n in sizes.items():
+        # each part, and each family within it, reads lines of its own: no line is in two examples
+        chunk = lines[line_at: line_at + 4 * n]
+        python = docs[doc_at: doc_at + n_docs[part]]
+        line_at, doc_at = line_at + 4 * n, doc_at + n_docs[part]
+        k = len(python)
+        ex = [Example("source", f"Shakespeare or Python? {t}", "Shakespeare", ("Shakespeare", "Python")) for t in chunk[:k]]
+        ex += [Example("source", f"Shakespeare or Python? {t}", "Python", ("Shakespeare", "Python")) for t in python]
+        ex += _examples("last_word", chunk[k: k + 2 * n], n, end_words, rng)
+        ex += _examples("first_word", chunk[k + 2 * n:], n, end_words, rng)
         rng.shuffle(ex)
         split[part] = ex
-    return Split(split["train"], split["test"])
+    return Split(split["train"], split["test"], split["val"])
 
 
 def most_common_answer(examples: list[Example], family: str) -> str:

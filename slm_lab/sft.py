@@ -3,8 +3,9 @@
 `finetune` trains a chat model (`chat.add_chat_tokens`) on a stream of (prompt, answer) turns: with the
 loss on the answers only (`mask=True`, `chat.masked_loss`) or on every token (`mask=False`, the plain
 language-model loss, which also spends capacity on predicting the instructions). `SFT` is the recipe:
-short (the data is small and the model already knows the text), a lower peak learning rate than
-pretraining's 3e-3 (it starts from trained weights), warm-up and cosine decay as in module 02.
+warm-up and cosine decay as in module 02, at pretraining's peak learning rate, for 1,000 steps (about 20
+passes over the training turns). Chosen by measurement on module 10's tasks: 500 steps at 2e-3 left
+`first_word`, the generated answer, near its trivial baseline (module 10's benchmark has both runs).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .chat import masked_loss, sft_stream
 from .model import SLM
 from .train import History, TrainConfig, train
 
-SFT = TrainConfig(max_steps=500, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=20, weight_decay=0.1,
+SFT = TrainConfig(max_steps=1000, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.1,
                   eval_interval=100, eval_batches=4, eval_batch_size=32, seed=0, save_interval=0)
 
 

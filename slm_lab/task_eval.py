@@ -5,7 +5,10 @@ with 95% intervals. Deterministic (greedy decoding, no sampling).
   (case, surrounding spaces and punctuation do not count).
 - `choose`: for each choice, the log-probability the model gives it as the answer (its tokens and the
   end-of-turn token, after the prompt); by default the mean per token, so a long choice is not penalised
-  for having more tokens to be wrong about (`length_norm=False` sums instead).
+  for having more tokens to be wrong about (`length_norm=False` sums instead: the probability of the whole
+  answer). Which of the two ranks better depends on the task and the tokenizer — with one token per
+  character, the letters after a word's first few are nearly free, so the mean flatters long choices —
+  so `pick_length_norm` chooses per family on a validation split, never on the test.
 - `wilson`: the Wilson score interval of k successes in n, which stays inside [0, 1] and is honest for
   small n and accuracies near 0 or 1 (unlike the normal approximation p ± 1.96·sqrt(p(1-p)/n)).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -93,13 +97,17 @@ class TaskResult:
 
 
 def evaluate_tasks(model: SLM, tokenizer, test: list, baselines: dict[str, float],
-                   length_norm: bool = True) -> dict[str, TaskResult]:
-    """Accuracy per family of `test` (instruct.Example): multiple choice where an example has choices,
-    exact match of the generated answer otherwise."""
+                   length_norm: bool | Mapping[str, bool] = True) -> dict[str, TaskResult]:
+    """Accuracy per family of `test` (instruct.Example): multiple choice where an example has choices (scored
+    by the mean, or per family as `length_norm` maps it, e.g. from pick_length_norm), exact match of the
+    generated answer otherwise."""
     results: dict[str, TaskResult] = {}
     for ex in test:
         how = "multiple choice" if ex.choices else "exact match"
-        ok = (choose(model, tokenizer, ex.prompt, ex.choices, length_norm) == ex.answer if ex.choices
+        norm = length_norm if isinstance(length_norm, bool) else length_norm.get(ex.family, True)
+        if ex.choices:
+            how += " (mean)" if norm else " (sum)"
+        ok = (choose(model, tokenizer, ex.prompt, ex.choices, norm) == ex.answer if ex.choices
               else exact_match(model, tokenizer, ex.prompt, ex.answer))
         r = results.setdefault(ex.family, TaskResult(ex.family, 0, 0, baselines.get(ex.family, float("nan")), how))
         r.correct += int(ok)
@@ -107,11 +115,23 @@ def evaluate_tasks(model: SLM, tokenizer, test: list, baselines: dict[str, float
     return results
 
 
+def pick_length_norm(model: SLM, tokenizer, val: list) -> dict[str, bool]:
+    """Per multiple-choice family of `val`: True (score by the mean) unless the sum gets strictly more of the
+    validation items right. Choose on validation items, so the test accuracy is not tuned on the test."""
+    right: dict[str, list[int]] = {}
+    for ex in val:
+        if ex.choices:
+            r = right.setdefault(ex.family, [0, 0])
+            for i, norm in enumerate((True, False)):
+                r[i] += choose(model, tokenizer, ex.prompt, ex.choices, norm) == ex.answer
+    return {family: not (by_sum > by_mean) for family, (by_mean, by_sum) in right.items()}
+
+
 def format_results(results: dict[str, TaskResult]) -> str:
     """A table: family, how, n, accuracy [95% interval], baseline."""
-    lines = [f"{'task':<12} {'scored by':<16} {'n':>4} {'accuracy':>9} {'95% interval':>15} {'baseline':>9}"]
+    lines = [f"{'task':<12} {'scored by':<22} {'n':>4} {'accuracy':>9} {'95% interval':>15} {'baseline':>9}"]
     for r in results.values():
         lo, hi = r.interval
-        lines.append(f"{r.family:<12} {r.how:<16} {r.n:>4} {r.accuracy:>9.1%} {f'{lo:.1%}–{hi:.1%}':>15} "
+        lines.append(f"{r.family:<12} {r.how:<22} {r.n:>4} {r.accuracy:>9.1%} {f'{lo:.1%}–{hi:.1%}':>15} "
                      f"{r.baseline:>9.1%}")
     return "\n".join(lines)

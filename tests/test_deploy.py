@@ -247,3 +247,26 @@ def test_export_command_errors_are_one_line_and_lose_nothing(tiny_ckpt, tmp_path
         export_cmd.run(export_args(ckpt=ckpt, out=out, int8=True))
     assert [p.name for p in out.iterdir()] == ["model.onnx"]                 # no half export, no staging left
     assert (out / "model.onnx").read_bytes() == b"the previous export"
+
+
+def test_onnx_model_scores_and_chats_like_the_pytorch_model(tmp_path):
+    """OnnxAsSLM lets task_eval and chat.chat run the exported graph: same choice scores (to float
+    rounding) and the same greedy answer as the PyTorch model, through prefill and cached decode steps."""
+    from slm_lab import chat, task_eval
+    from slm_lab.onnx_slm import OnnxAsSLM
+
+    torch.manual_seed(0)
+    base = CharTokenizer(load_corpus("shakespeare")[:20_000])
+    model = SLM(SLMConfig(family="llama", vocab_size=base.vocab_size, block_size=64, n_layer=2, n_head=2,
+                          n_kv_head=1, d_model=32))
+    model, tok = chat.add_chat_tokens(sharp(model, seed=3), base)
+    onnx_model = OnnxAsSLM(export_onnx(model, tmp_path / "chat.onnx"))
+    prompt, choices = "Who is there?", ["Nay, answer me", "I", "Long live the king"]
+    for norm in (True, False):
+        ref = task_eval.choice_logprobs(model, tok, prompt, choices, norm)
+        got = task_eval.choice_logprobs(onnx_model, tok, prompt, choices, norm)
+        assert torch.allclose(got, ref, atol=1e-4), (got, ref)
+    answer = chat.chat(model, tok, prompt, max_new_tokens=12)
+    assert len(answer) >= 4 and chat.chat(onnx_model, tok, prompt, max_new_tokens=12) == answer
+    with pytest.raises(SLMLabError, match="inference only"):
+        onnx_model(torch.zeros(1, 3, dtype=torch.long), targets=torch.zeros(1, 3, dtype=torch.long))

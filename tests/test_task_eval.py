@@ -55,10 +55,30 @@ def test_instruction_data_is_deterministic_disjoint_and_fits_the_context():
         assert len(a.family(family, "train")) >= 300 and len(a.family(family)) >= 150, family
     quoted = lambda e: e.prompt.split(": ", 1)[-1].split("? ", 1)[-1].split(" ... (")[0]   # noqa: E731
     train_items = {quoted(e) for e in a.train}
-    assert not [e for e in a.test if quoted(e) in train_items]              # no test item is a training item
-    for e in a.train + a.test:
-        assert len(chat.encode_example(tok, e.prompt, e.answer)[0]) <= 128, e
+    val_items = {quoted(e) for e in a.val}
+    assert not [e for e in a.test if quoted(e) in train_items | val_items]  # no test item is a training item
+    assert not val_items & train_items and len(a.family("last_word", "val")) >= 50
+    for e in a.train + a.test + a.val:
+        for answer in e.choices or (e.answer,):             # every choice is scored after the prompt
+            assert len(chat.encode_example(tok, e.prompt, answer)[0]) <= 128, e
         if e.choices:
             assert e.answer in e.choices and len(set(e.choices)) == len(e.choices)
     sources = [e.answer for e in a.family("source")]
     assert sources.count("Python") == sources.count("Shakespeare")          # chance is 50%
+
+
+def test_pick_length_norm_follows_whichever_rule_gets_the_validation_items_right():
+    model, tok = chat.add_chat_tokens(*tiny(seed=4))
+    prompts = ["the fox?", "a dog", "lazy?", "brown fox", "over the", "dog?"]
+    choices = ("s", "lazy brown dog", "fox", "over the lazy dog")
+    by_mean, by_sum = [], []
+    for p in prompts:                        # answers set by each rule in turn, from the scores themselves
+        mean = task_eval.choice_logprobs(model, tok, p, choices)
+        total = task_eval.choice_logprobs(model, tok, p, choices, length_norm=False)
+        by_mean.append(instruct.Example("m", p, choices[int(mean.argmax())], choices))
+        by_sum.append(instruct.Example("s", p, choices[int(total.argmax())], choices))
+    assert any(m.answer != s.answer for m, s in zip(by_mean, by_sum))     # the rules disagree somewhere
+    assert task_eval.pick_length_norm(model, tok, by_mean + by_sum) == {"m": True, "s": False}
+    res = task_eval.evaluate_tasks(model, tok, by_sum, {"s": 0.25}, {"s": False})
+    assert res["s"].accuracy == 1.0 and res["s"].how == "multiple choice (sum)"
+    assert task_eval.evaluate_tasks(model, tok, by_sum, {"s": 0.25})["s"].accuracy < 1.0
