@@ -21,9 +21,9 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import slm_lab.checks  # noqa: E402
-from slm_lab import chat, distill, kernels, latency, lora, prune, quantize, sizing, task_eval, tokenizer  # noqa: E402
+from slm_lab import cascade, chat, distill, kernels, latency, lora, prune, quantize, sizing, speculative, task_eval, tokenizer  # noqa: E402,E501
 from slm_lab import model as slm_model  # noqa: E402
-from slm_lab.checks import m00, m01, m02, m03, m04, m05, m06, m07, m08, m09, m10  # noqa: E402
+from slm_lab.checks import m00, m01, m02, m03, m04, m05, m06, m07, m08, m09, m10, m11  # noqa: E402
 
 
 def lab_check_modules():
@@ -187,6 +187,8 @@ RUNS = {
     "m09.check_triton_kernel": run_m09_triton,
     "m10.check_encode_turn": lambda: m10.check_encode_turn(chat.encode_example),
     "m10.check_score_choices": lambda: m10.check_score_choices(task_eval.choice_logprobs),
+    "m11.check_accept_draft": lambda: m11.check_accept_draft(speculative.accept_draft),
+    "m11.check_choose_threshold": lambda: m11.check_choose_threshold(cascade.choose_threshold),
 }
 
 
