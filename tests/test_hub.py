@@ -1,0 +1,55 @@
+"""Loading Hub models, tested offline: a random-weight Llama and a tokenizer saved with save_pretrained to a
+temporary folder load back with the same logits, convert to the course's SLM with the same logits, and run
+transformers' assisted generation to the same greedy tokens; offline, hub_source says so without waiting, and
+a model that cannot be loaded is one line."""
+import pytest
+import torch
+
+from slm_lab import hub
+from slm_lab.errors import SLMLabError
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def save_tiny_llama(folder, seed, vocab):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    return model
+
+
+def test_a_saved_model_loads_converts_and_drafts_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_LAB_OFFLINE", "1")
+    vocab = {w: i for i, w in enumerate("<unk> the a fox dog jumps over lazy brown quick".split())}
+    target_dir, draft_dir = tmp_path / "target", tmp_path / "draft"
+    saved = save_tiny_llama(target_dir, 0, vocab)
+    save_tiny_llama(draft_dir, 1, vocab)
+    assert hub.hub_source([target_dir, draft_dir]) == "local"
+    target, tok = hub.load_causal_lm(target_dir, "local")
+    draft, _ = hub.load_causal_lm(draft_dir, "local")
+    ids = tok("the quick brown fox jumps over the lazy dog", return_tensors="pt")["input_ids"]
+    assert ids.shape[1] == 9 and int(ids.max()) < len(vocab)
+    with torch.no_grad():
+        assert torch.allclose(target(ids).logits, saved(ids).logits, atol=1e-6)
+        from slm_lab.hf import from_hf
+        assert torch.allclose(from_hf(target)(ids).logits, saved(ids).logits, atol=1e-4)
+        plain = target.generate(ids, max_new_tokens=8, do_sample=False)
+        assisted = target.generate(ids, max_new_tokens=8, do_sample=False, assistant_model=draft)
+    assert torch.equal(plain, assisted)
+
+
+def test_offline_and_missing_models_get_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_LAB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))          # an empty cache
+    assert hub.hub_source(["HuggingFaceTB/SmolLM2-135M"]) is None
+    with pytest.raises(SLMLabError, match="could not load") as err:
+        hub.load_causal_lm(tmp_path / "nothing-here", "local")
+    assert "\n" not in str(err.value)
+    with pytest.raises(SLMLabError, match="not one of"):
+        hub.load_causal_lm(tmp_path, "internet")
