@@ -36,6 +36,7 @@ from slm_lab.distill import ALPHA, distill, distilled_student, student_config, s
 from slm_lab.evaluate import fixed_batches
 from slm_lab.model import SLM
 from slm_lab.settings import seed_everything
+from slm_lab.timing import median_seconds
 from slm_lab.train import prepare_char_data, pretrained
 
 
@@ -45,12 +46,7 @@ def step_seconds(model: SLM, n_tokens: int, context: int = 64, repeats: int = 50
     idx = torch.randint(0, model.cfg.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
     cache = model(idx, use_cache=True).kv_cache
     x = idx[:, -n_tokens:]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x, kv_cache=cache)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(lambda: model(x, kv_cache=cache), repeats, warmup=0)
 
 
 def replacement_from_p(p, q, drafts, generator=None):

@@ -1,7 +1,6 @@
 """Deployment: ONNX export parity with a KV cache, greedy tokens equal PyTorch's, sampling rules, int8/int4
 accuracy and size, the measurement worker, and `slm-lab export` (onnx_export, onnx_runtime, onnx_quantize, measure)."""
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -25,15 +24,7 @@ from slm_lab import onnx_export  # noqa: E402
 from slm_lab.course import export_cmd  # noqa: E402
 from slm_lab.onnx_export import export_onnx, max_logit_difference  # noqa: E402
 from slm_lab.onnx_quantize import quantize_int4, quantize_int8  # noqa: E402
-
-def sharp(model, scale=2.5, seed=0):
-    """Large random weights: confident, context-dependent predictions (like a trained model's)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, scale / math.sqrt(p.shape[1]))
-    return model.eval()
+from checking import sharp  # noqa: E402
 
 
 @pytest.fixture(scope="module")

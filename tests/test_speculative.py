@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from checking import sharp
 
 from slm_lab import speculative
 from slm_lab.errors import SLMLabError
@@ -26,16 +27,6 @@ from slm_lab.speculative import (
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)    # tiny models: more threads only add overhead (and the suite shares the CPU)
-
-
-def sharp(model, scale=2.5, seed=0):
-    """Large random weights: confident, context-dependent predictions (like a trained model's)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, scale / math.sqrt(p.shape[1]))
-    return model.eval()
 
 
 def noisy_copy(model, noise, seed):
