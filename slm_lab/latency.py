@@ -109,6 +109,42 @@ def measure_bandwidth(megabytes: int = 512, repeats: int = 7) -> tuple[float, fl
     return 4 * n / read, 2 * 4 * n / copy          # a copy reads and writes every byte
 
 
+def decode_read_bytes(model: nn.Module) -> int:
+    """Bytes one decode step reads from its weights: every tensor of the model (float, packed integers,
+    scales) except those only an embedding lookup uses, of which a step reads one row. A table that a
+    head shares is read in full by the head, so it counts."""
+    from .quantize import QuantizedEmbedding
+
+    named = list(model.named_modules(remove_duplicate=False))      # a shared table appears under each user
+    lookups = [n + "." for n, m in named if isinstance(m, (nn.Embedding, QuantizedEmbedding))]
+    read: dict[int, torch.Tensor] = {}
+    for name, m in named:
+        if isinstance(m, (nn.Embedding, QuantizedEmbedding)) or any(name.startswith(p) for p in lookups):
+            continue
+        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+            if t is not None:
+                read[id(t)] = t
+    return sum(t.numel() * t.element_size() for t in read.values())
+
+
+def weight_read_bandwidth(model: nn.Module, repeats: int = 7) -> list[float]:
+    """Read bandwidth (bytes/s) on the buffers decode reads: each repeat sums every weight tensor of
+    `model` once, in order — the same sizes, the same memory and the same cache state as a decode step
+    of that model. Returns one figure per repeat (their spread is the measurement's noise)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.dim() > 0]
+    n_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    with torch.inference_mode():
+        for t in tensors:                                   # warm-up: the pages are touched once
+            t.sum()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for t in tensors:
+                t.sum()
+            out.append(n_bytes / (time.perf_counter() - t0))
+    return out
+
+
 def measure_matmul_flops(n: int = 1024, repeats: int = 7) -> float:
     """FLOP/s of an n×n fp32 matrix multiply (2·n³ FLOPs), median over repeats."""
     g = torch.Generator().manual_seed(0)
@@ -183,6 +219,18 @@ def prepack_for_decode(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------- where decode time goes ----
+@torch.inference_mode()
+def step_seconds(model: SLM, n_tokens: int = 1, context: int = 64, repeats: int = 50, warmup: int = 3) -> float:
+    """Median seconds of one forward pass over n_tokens new tokens after a cached context of `context`
+    tokens: a decode step for n_tokens = 1, a speculative check of k drafts for k + 1. The cache is not
+    changed (each call returns a new one), so every repeat times the same step."""
+    model.eval()
+    idx = _prompt(model, context)
+    cache = model(idx, use_cache=True).kv_cache
+    x = idx[:, -n_tokens:]
+    return median_seconds(lambda: model(x, kv_cache=cache), repeats, warmup=warmup)
+
+
 def skinny_twin(cfg: SLMConfig) -> SLMConfig:
     """Same family, depth and heads, but 8 dimensions per head and a tiny MLP and vocabulary: it runs the same
     operators per step as `cfg`, on almost no weights — its decode step is the fixed cost of running them."""

@@ -1,9 +1,12 @@
 """Quantize an exported ONNX model for ONNX Runtime: int8 (dynamic) and int4 (weight-only blocks).
 
-- `quantize_int8`: every MatMul weight stored as int8 with a scale; activations quantized on the fly,
-  per call, and the product computed in integers (MatMulInteger).
-- `quantize_int4`: weights in blocks of `block_size` values with one scale per block, two values per
-  byte (the MatMulNBits operator); dequantized inside the kernel, compute stays float32.
+- `quantize_int8`: every MatMul weight stored as int8 with one scale per output channel (module 05's
+  choice; per_channel=False: one per matrix); activations quantized on the fly, per call, with one scale
+  per tensor, and the product computed in integers (MatMulInteger). The activations' rounding is what
+  module 05's weight-only int8 does not pay.
+- `quantize_int4`: weights in blocks of `block_size` values with one scale per block (and, with
+  symmetric=False, a zero-point per block), two values per byte (the MatMulNBits operator); dequantized
+  inside the kernel, compute stays float32.
 
 Both write atomically and carry the deploy config over, so `slm_lab.onnx_runtime.OnnxLM` runs the
 quantized file exactly like the original.
@@ -41,8 +44,9 @@ def _copy_metadata(src: Path, dst: Path) -> None:
         onnx.save_model(model, str(dst))
 
 
-def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -> Path:
-    """Dynamic int8: MatMul weights stored as int8 with a scale; activations quantized on the fly."""
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
+    """Dynamic int8: MatMul weights stored as int8 with a scale per output channel (per_channel=False:
+    one per matrix); activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
@@ -52,8 +56,10 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -
     return dst
 
 
-def quantize_int4(src: str | Path, dst: str | Path, block_size: int = 32) -> Path:
-    """Weight-only int4 in blocks of `block_size` along the input dimension (MatMulNBits); fp32 compute."""
+def quantize_int4(src: str | Path, dst: str | Path, block_size: int = 32, symmetric: bool = True) -> Path:
+    """Weight-only int4 in blocks of `block_size` along the input dimension (MatMulNBits); fp32 compute.
+    symmetric: absmax blocks (the default: no zero-points to store); False adds a zero-point per block,
+    module 05's default below 8 bits."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -64,7 +70,7 @@ def quantize_int4(src: str | Path, dst: str | Path, block_size: int = 32) -> Pat
     with atomic_path(dst, suffix=".tmp.onnx") as tmp, _quiet():
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=True))
+            block_size=block_size, is_symmetric=symmetric))
         quantizer.process()
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
         _copy_metadata(src, tmp)

@@ -14,13 +14,17 @@ Shapes: k draft tokens per cycle, V vocabulary; caches as in `slm_lab.model` (pe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 from .errors import SLMLabError
 from .model import SLM, KVCache, sample_next
+
+# Module 11's target: 9x module 02's `small`, so that module 04's 2x64 student costs about a tenth of its
+# decode step (a draft must be far cheaper than its target to pay; benchmarks/speculative.py measures it).
+TARGET_PRESET = "medium"
 
 # accept(p (k+1, V), q (k, V), draft (k,), generator) → (n accepted, (n+1,) tokens); `accept_draft` is one.
 AcceptRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Generator | None"], tuple[int, torch.Tensor]]
@@ -62,6 +66,18 @@ def accept_draft(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
         return i, torch.cat([draft[:i], new.to(draft.dtype)])
     bonus = torch.multinomial(p[k], 1, generator=generator)    # all k kept: the target's extra position is free
     return k, torch.cat([draft, bonus.to(draft.dtype)])
+
+
+def replacement_from_p(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
+                       generator: torch.Generator | None = None) -> tuple[int, torch.Tensor]:
+    """A plausible WRONG rule, kept for the exactness tests to reject: like `accept_draft`, but a rejected
+    guess is replaced by a draw from p itself instead of the residual max(0, p − q). Tokens the draft
+    over-proposes then come out too often."""
+    for i in range(draft.shape[0]):
+        x = int(draft[i])
+        if float(torch.rand((), generator=generator)) * float(q[i, x]) >= float(p[i, x]):
+            return i, torch.cat([draft[:i], torch.multinomial(p[i], 1, generator=generator).to(draft.dtype)])
+    return draft.shape[0], torch.cat([draft, torch.multinomial(p[-1], 1, generator=generator).to(draft.dtype)])
 
 
 def acceptance_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -110,6 +126,10 @@ class SpecStats:
     def tokens_per_target_call(self) -> float:
         """new_tokens / target_calls, the prefill included: below tokens per cycle for short outputs."""
         return self.new_tokens / self.target_calls if self.target_calls else float("nan")
+
+    def __add__(self, other: SpecStats) -> SpecStats:
+        """Counters of two runs summed (the rates of the sum pool both runs)."""
+        return SpecStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 @torch.no_grad()

@@ -291,6 +291,13 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(max_steps=1700, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=50,
                           weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=100),
         note="module 02's model: 4 Llama blocks, about 6 minutes on 2 CPU cores"),
+    # Module 11's target: three times wider (12 heads of 32), 9x the parameters of `small`, so that a
+    # 2x64 draft costs about a tenth of its decode step (benchmarks/speculative.py measures the ratio).
+    "medium": Preset(
+        model=dict(family="llama", n_layer=4, n_head=12, d_model=384, block_size=128),
+        train=TrainConfig(max_steps=1000, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+                          weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250),
+        note="module 11's target model: 4 Llama blocks of width 384, about 10 minutes on 2 CPU cores"),
 }
 
 

@@ -157,6 +157,40 @@ def test_int8_and_int4_accuracy_and_size(exported):
     assert onnx_runtime.OnnxLM(q8).spec == onnx_runtime.OnnxLM(path).spec                # the config travels along
 
 
+def test_int8_per_channel_is_the_default_and_per_tensor_is_one_scale(exported):
+    """The default int8 export keeps one scale (and zero-point) per output channel, module 05's choice;
+    per_channel=False one per matrix. Read from the graph: the integer matmuls' weight zero-points."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, _, path, folder, _ = exported
+
+    def scale_sizes(q):
+        """Weight zero-point sizes of the MatMulInteger nodes: one value per matrix or one per column."""
+        g = onnx.load(str(q)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        return [inits[n.input[3]].size for n in g.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
+
+    pc = scale_sizes(quantize_int8(path, folder / "pc.int8.onnx"))
+    pt = scale_sizes(quantize_int8(path, folder / "pt.int8.onnx", per_channel=False))
+    assert pc and pt and len(pc) == len(pt)
+    assert set(pt) == {1} and min(pc) > 1
+
+
+def test_int4_zero_points_only_when_asymmetric(exported):
+    import onnx
+
+    _, _, path, folder, _ = exported
+
+    def zero_point_inputs(q):
+        nodes = [n for n in onnx.load(str(q)).graph.node if n.op_type == "MatMulNBits"]
+        assert nodes, "no MatMulNBits node: the int4 quantizer did nothing"
+        return {len(n.input) > 3 and bool(n.input[3]) for n in nodes}
+
+    assert zero_point_inputs(quantize_int4(path, folder / "sym.int4.onnx")) == {False}
+    assert zero_point_inputs(quantize_int4(path, folder / "asym.int4.onnx", symmetric=False)) == {True}
+
+
 def test_runtime_errors_are_one_sentence(exported, tmp_path):
     _, _, path, _, _ = exported
     lm = onnx_runtime.OnnxLM(path)

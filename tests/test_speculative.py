@@ -276,16 +276,16 @@ def test_always_rejecting_gives_one_token_per_target_call():
     assert stats.new_tokens / stats.cycles == expected_tokens_per_cycle(0.0, 3)
 
 
+def test_stats_add_counter_by_counter_and_pool_the_rates():
+    a = speculative.SpecStats(new_tokens=10, cycles=3, target_calls=4, draft_calls=13, proposed=12, accepted=9, rejected=2)
+    b = speculative.SpecStats(new_tokens=6, cycles=2, target_calls=3, draft_calls=9, proposed=8, accepted=3, rejected=2)
+    c = a + b
+    assert (c.new_tokens, c.cycles, c.target_calls, c.draft_calls, c.proposed, c.accepted, c.rejected) == (16, 5, 7, 22, 20, 12, 4)
+    assert c.alpha == pytest.approx(12 / 16) and c.acceptance_rate == pytest.approx(12 / 20)
+    assert c.alpha != pytest.approx((a.alpha + b.alpha) / 2)           # pooled, not the mean of the two rates
+
+
 # ------------------------------------------------------------------------------------- sampling ----
-def resample_from_p(p, q, draft, generator=None):
-    """A classic mistake: after a rejection draw the replacement from p instead of max(0, p − q)."""
-    for i in range(draft.shape[0]):
-        x = int(draft[i])
-        if float(torch.rand((), generator=generator)) * float(q[i, x]) >= float(p[i, x]):
-            return i, torch.cat([draft[:i], torch.multinomial(p[i], 1, generator=generator)])
-    return draft.shape[0], torch.cat([draft, torch.multinomial(p[-1], 1, generator=generator)])
-
-
 @pytest.fixture(scope="module")
 def sampled():
     """The first two of 3 tokens sampled at temperature 0.8, k = 2, over many seeds, with the right rule and
@@ -311,7 +311,7 @@ def sampled():
 
     runs: dict = {"right": Counter(), "wrong": Counter()}
     N = 2500
-    for name, rule in (("right", spying), ("wrong", resample_from_p)):
+    for name, rule in (("right", spying), ("wrong", speculative.replacement_from_p)):
         for s in range(N):
             out, _ = speculative_generate(target, draft, idx, 3, k=2, temperature=T, seed=s, accept=rule)
             runs[name][tuple(out[0, 2:4].tolist())] += 1
