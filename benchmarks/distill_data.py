@@ -115,9 +115,10 @@ def main(argv=None):
                   f"{diff:>30} {res['seconds_median'][name]:>8.1f}")
     for res in results.values():
         w = res["minus_distilled"]["alone, equal compute"]
-        print(f"fraction {res['fraction']:g}: distilled beats alone at equal compute by {w['mean']:.4f} nats "
-              f"(95% CI {w['ci95'][0]:+.4f} to {w['ci95'][1]:+.4f}): "
-              f"{'distillation wins' if w['distillation_wins'] else 'not shown'}")
+        verdict = "distillation wins" if w["distillation_wins"] else (
+            "alone wins" if w["ci95"][1] < 0 else "no difference shown")
+        print(f"fraction {res['fraction']:g}, at equal compute: alone − distilled = {w['mean']:+.4f} nats "
+              f"(95% CI {w['ci95'][0]:+.4f} to {w['ci95'][1]:+.4f}): {verdict}")
     out = {"benchmark": "distill_data", "quick": args.quick, "threads": args.threads, "seeds": args.seeds,
            "teacher_val_loss": teacher_loss, "teacher_train_chars": len(train_ids), "student_parameters": n_s,
            "train_config": asdict(base), "temperature": TEMPERATURE, "alpha": ALPHA, "steps": steps,

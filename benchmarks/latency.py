@@ -12,8 +12,11 @@ To explain the gap, each decode step is also split into parts measured apart: th
 (a "skinny twin" with the same depth and heads but almost no weights) and its matrix-vector products alone
 (every Linear once, on one vector, at the bandwidth those kernels reach). The ~130M-parameter models are
 also exported to ONNX and decoded by ONNX Runtime (module 08's runtime): the same weights through
-kernels tuned for matrix-vector work. The machine is measured again at the end; the roofline uses the
-better of the two measurements (it is a ceiling). Prints a table and writes benchmarks/results/latency.json.
+kernels tuned for matrix-vector work. The roofline's read bandwidth is measured on the buffers decode reads —
+every weight of the SmolLM2-135M-shaped model summed once (`latency.weight_read_bandwidth`) — before every
+row and at the end, and every row uses the median of those measurements; their spread is printed (a single
+probe at the start and one at the end moved 1.8× within one run). The matmul rate is measured at the start
+and the end (the better one is the ceiling). Prints a table and writes benchmarks/results/latency.json.
 
     python benchmarks/latency.py                 # presets, GPT-2 124M, SmolLM2-135M/360M, TinyLlama-1.1B
     python benchmarks/latency.py --quick         # presets + SmolLM2-135M cut to 2 layers, a small machine probe,
@@ -128,21 +131,29 @@ def main(argv=None):
     real = [quick_card()] if args.quick else [sizing.card(n) for n in REAL]
     target_name, onnx_names = (real[0].name, {real[0].name}) if args.quick else (TARGET[0], set(ONNX))
     cards = list(sizing.course_cards(vocab_size()).values()) + real
+    torch.manual_seed(0)
+    probe_model = SLM(next(c for c in real if c.name == target_name).slm_config()).eval()
+    bandwidth: list[float] = []
     raw = []
     for c in cards:
+        bandwidth.extend(latency.weight_read_bandwidth(probe_model, repeats=3))    # between rows, same buffers
         raw.append(measure(c, repeats, onnx=c.name in onnx_names and not args.no_onnx, threads=args.threads))
         print(f"  timed {c.name} ({raw[-1]['params']:,} parameters)", file=sys.stderr)
+    bandwidth.extend(latency.weight_read_bandwidth(probe_model, repeats=3))
+    del probe_model
     after = latency.measure_machine(**probe)
-    # The roofline is a ceiling: use the best rate seen, at the start or at the end of the run.
-    peak = latency.MachineRates(*(max(a, b) for a, b in zip(
-        (rates.read_bandwidth, rates.copy_bandwidth, rates.matmul_flops),
-        (after.read_bandwidth, after.copy_bandwidth, after.matmul_flops))), args.threads, "cpu")
+    bw = statistics.median(bandwidth)
+    # One read bandwidth for every row (the median of the probes); the matmul rate is a ceiling: the better one.
+    peak = latency.MachineRates(bw, max(rates.copy_bandwidth, after.copy_bandwidth),
+                                max(rates.matmul_flops, after.matmul_flops), args.threads, "cpu")
     rows = [add_roofline(r, c, peak.hardware()) for r, c in zip(raw, cards)]
     print(f"machine: {cpu_name()} | {args.threads} threads | torch {torch.__version__}")
     for label, r in (("start", rates), ("end", after)):
         print(f"  {label:<5}: read {r.read_bandwidth / 1e9:.1f} GB/s, copy {r.copy_bandwidth / 1e9:.1f} GB/s, "
               f"fp32 matmul {r.matmul_flops / 1e9:.1f} GFLOP/s")
-    print(f"  roofline uses the best of the two: read {peak.read_bandwidth / 1e9:.1f} GB/s, "
+    print(f"  read bandwidth on {target_name}'s weights, {len(bandwidth)} probes through the run: median "
+          f"{bw / 1e9:.1f} GB/s (min {min(bandwidth) / 1e9:.1f}, max {max(bandwidth) / 1e9:.1f})")
+    print(f"  roofline uses that median, {peak.read_bandwidth / 1e9:.1f} GB/s, and the better matmul rate, "
           f"{peak.matmul_flops / 1e9:.1f} GFLOP/s")
     print(f"\n{'':<42}{'--------- decode tokens/s ---------':>36}{'------ prefill ms ------':>30}")
     print(f"{'model':<20}{'params':>13}{'fp32 MB':>9}{'as stored':>11}{'prepacked':>11}{'roofline':>10}"
@@ -181,6 +192,8 @@ def main(argv=None):
                                "(at most half the block each)", "prefill_tokens": PREFILL,
                      "decode_context_for_roofline": "prompt + new_tokens / 2"},
            "rates_at_start": rates.to_dict(), "rates_at_end": after.to_dict(), "roofline_rates": peak.to_dict(),
+           "bandwidth": {"median": bw, "min": min(bandwidth), "max": max(bandwidth), "samples": bandwidth,
+                         "measured_on": f"{target_name} fp32 weights (latency.weight_read_bandwidth)"},
            "rows": rows,
            "target": {"model": target_name, "min_decode_ratio": TARGET[1], "decode_ratio": target["decode_ratio"],
                       "decode_prepacked_ratio": target["decode_prepacked_ratio"],

@@ -63,8 +63,8 @@ def parity(teach: torch.nn.Module, packed: torch.nn.Module, vocab: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the 135M shape cut to 2 layers, 4 new tokens, 1 repeat; JSON outside "
-                    "benchmarks/results")
+    ap.add_argument("--quick", action="store_true",
+                    help="the 135M shape cut to 2 layers, 4 new tokens, 1 repeat; JSON outside benchmarks/results")
     ap.add_argument("--repeats", type=int, default=3, help="timed decodes per measurement (median)")
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else args.repeats

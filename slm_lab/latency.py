@@ -113,7 +113,9 @@ def decode_read_bytes(model: nn.Module) -> int:
     """Bytes one decode step reads from its weights: every tensor of the model (float, packed integers,
     scales) except those only an embedding lookup uses, of which a step reads one row. A table that a
     head shares is read in full by the head, so it counts."""
-    from .quantize import QuantizedEmbedding
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    from .quantize import QuantizedEmbedding, tensor_bytes
 
     named = list(model.named_modules(remove_duplicate=False))      # a shared table appears under each user
     lookups = [n + "." for n, m in named if isinstance(m, (nn.Embedding, QuantizedEmbedding))]
@@ -121,10 +123,15 @@ def decode_read_bytes(model: nn.Module) -> int:
     for name, m in named:
         if isinstance(m, (nn.Embedding, QuantizedEmbedding)) or any(name.startswith(p) for p in lookups):
             continue
-        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+        tensors = list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))
+        # torch.ao's packed dynamic-int8 weights hide from parameters(): read them from the module that
+        # holds them (LinearPackedParams), not also from the Linear that wraps it
+        if isinstance(m, LinearPackedParams):
+            tensors += list(m._weight_bias())
+        for t in tensors:
             if t is not None:
                 read[id(t)] = t
-    return sum(t.numel() * t.element_size() for t in read.values())
+    return sum(tensor_bytes(t) for t in read.values())
 
 
 def weight_read_bandwidth(model: nn.Module, repeats: int = 7) -> list[float]:

@@ -268,3 +268,16 @@ def test_pytorch_dynamic_int8_agrees_with_ours(trained):
     ours = mean_loss(Q.quantize_model(model, 8, None), batches)
     theirs = mean_loss(Q.torch_dynamic_int8(model), batches)
     assert abs(theirs - base) / base < 0.01 and abs(theirs - ours) / base < 0.01
+
+
+def test_input_outliers_finds_a_planted_channel():
+    """A channel 50× the others at the first layer's input shows as a ratio near 50 there, ~1 elsewhere."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+    x = torch.ones(2, 5, 16)
+    x[..., 3] = 50.0
+    r = Q.input_outliers(model, x)
+    assert set(r) == {"0", "1"} and r["0"] == pytest.approx(50.0)
+    flat = torch.ones(2, 5, 16)
+    assert Q.input_outliers(model, flat)["0"] == pytest.approx(1.0)
+    assert not any(m._forward_pre_hooks for m in model)                  # the hooks are gone afterwards

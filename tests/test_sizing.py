@@ -231,3 +231,49 @@ def test_skinny_twin_runs_the_same_operators_on_almost_no_weights():
     assert [type(m).__name__ for m in big.modules()] == [type(m).__name__ for m in small.modules()]
     assert (twin.n_layer, twin.n_head, twin.n_kv_head, twin.family) == (30, 9, 3, "llama")
     assert small.num_parameters() < big.num_parameters() / 200
+
+
+# ------------------------------------------------------------- bytes a decode step reads ----
+def _course_model(tie: bool = True) -> SLM:
+    torch.manual_seed(0)
+    return SLM(SLMConfig(family="llama", vocab_size=65, n_layer=2, n_head=4, d_model=64, block_size=32,
+                         tie_weights=tie)).eval()
+
+
+def test_decode_read_bytes_counts_by_hand():
+    """Every weight once; an untied embedding table is a row lookup (not read in full); a tied one is the head."""
+    from slm_lab.quantize import quantize_model
+
+    tied, untied = _course_model(True), _course_model(False)
+    buffers = sum(b.numel() * b.element_size() for b in tied.buffers())           # RoPE tables, read too
+    params = sum(p.numel() for p in tied.parameters()) * 4
+    assert latency.decode_read_bytes(tied) == params + buffers
+    table = untied.tok_emb.weight.numel() * 4
+    assert latency.decode_read_bytes(untied) == sum(p.numel() for p in untied.parameters()) * 4 + buffers - table
+    # int8 per channel, tied: the shared integers (1 byte each) and scales (fp16) count once, through the head
+    q = quantize_model(tied, 8, None)
+    lin = [m for m in q.modules() if type(m).__name__ == "QuantizedLinear"]
+    ints = sum(m.qweight.ints.numel() + 2 * m.qweight.scale.numel() for m in lin)
+    norms = sum(p.numel() * 4 for n, p in q.named_parameters())
+    assert latency.decode_read_bytes(q) == ints + norms + buffers
+
+
+def test_weight_read_bandwidth_is_bytes_over_time(monkeypatch):
+    """With a clock that advances 2 ms per reading, each repeat must report every tensor's bytes / 2 ms."""
+    model = _course_model()
+    n_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    clock = iter(range(0, 10**6, 2))
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: next(clock) / 1e3)
+    samples = latency.weight_read_bandwidth(model, repeats=4)
+    assert samples == pytest.approx([n_bytes / 2e-3] * 4)
+
+
+def test_decode_read_bytes_sees_torch_dynamic_int8_weights():
+    """torch.ao keeps its int8 weights in packed params, not parameters: they must still count."""
+    from slm_lab.quantize import torch_dynamic_int8
+
+    model = _course_model()
+    d = torch_dynamic_int8(model)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    ints = sum(m.weight.numel() for m in linears)                   # one byte per int8 weight, at least
+    assert ints <= latency.decode_read_bytes(d) <= 1.2 * ints + 10**5        # + scales, norms, RoPE tables
