@@ -53,3 +53,28 @@ def test_offline_and_missing_models_get_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
     with pytest.raises(SLMLabError, match="not one of"):
         hub.load_causal_lm(tmp_path, "internet")
+
+
+def test_a_real_checkpoint_runs_module_05s_report_offline(tmp_path, monkeypatch):
+    """The path notebook 05 takes with a network, on a saved random-weight Llama: same logits as the
+    transformers model, batches cut from a text, every format's loss near fp32's and fewer bytes."""
+    from slm_lab import real_slm
+
+    monkeypatch.setenv("SLM_LAB_OFFLINE", "1")
+    vocab = {w: i for i, w in enumerate("<unk> the a fox dog jumps over lazy brown quick".split())}
+    saved = save_tiny_llama(tmp_path / "m", 0, vocab)
+    model, tok = real_slm.load_slm(tmp_path / "m", "local")
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+    batches = real_slm.token_batches(tok, text, n=3, length=16)
+    assert len(batches) == 3 and batches[0][0].shape == (1, 16)
+    assert torch.equal(batches[0][1][0, :-1], batches[0][0][0, 1:])              # y is x shifted by one
+    with torch.no_grad():
+        assert torch.allclose(model(batches[0][0]).logits, saved(batches[0][0]).logits, atol=1e-4)
+    report = real_slm.quantization_report(model, batches, decode_tokens=4, repeats=1)
+    rows = report["rows"]
+    assert set(rows) == {"fp32", *real_slm.FORMATS}
+    for name in real_slm.FORMATS:
+        assert abs(rows[name]["loss"] - rows["fp32"]["loss"]) < 0.05 * rows["fp32"]["loss"]
+        assert rows[name]["bytes"] < 0.5 * rows["fp32"]["bytes"] and rows[name]["decode_tokens_per_s"] > 0
+    assert len(report["outliers"]) == 3 and all(r >= 1.0 for _, r in report["outliers"])
+    assert real_slm.token_batches(tok, "the fox", n=3, length=16) == []           # too short: no window
