@@ -34,6 +34,16 @@ from slm_lab.settings import seed_everything
 from slm_lab.train import prepare_char_data, pretrained
 
 
+def train_student(s_cfg, teacher, data: torch.Tensor, cfg, alpha: float, val_batches, cache=None) -> dict:
+    """One student from scratch (weights and batches seeded by cfg.seed), distilled with `alpha` (0: alone)
+    → its final and best validation loss, training seconds and validation curve."""
+    seed_everything(cfg.seed)
+    h = distill(SLM(s_cfg), teacher, data, None, cfg, TEMPERATURE, alpha, teacher_cache=cache,
+                val_batches=val_batches, progress=False)
+    return {"val_loss": h.val_loss[-1], "best_val_loss": min(h.val_loss), "seconds": h.train_time[-1],
+            "val_steps": h.val_steps, "val_curve": h.val_loss, "val_time": h.val_time}
+
+
 def mean_std(xs: list[float]) -> dict:
     return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "runs": xs}
 
@@ -66,12 +76,7 @@ def main(argv=None):
 
     def run(seed: int, alpha: float, n: int, cache=None, **overrides):
         cfg = replace(base, seed=seed, max_steps=n, eval_interval=max(1, n // 10), **overrides)
-        seed_everything(seed)
-        student = SLM(s_cfg)
-        h = distill(student, teacher, train_ids, None, cfg, TEMPERATURE, alpha, teacher_cache=cache,
-                    val_batches=val_batches, progress=False)
-        return {"val_loss": h.val_loss[-1], "seconds": h.train_time[-1], "val_steps": h.val_steps,
-                "val_curve": h.val_loss, "val_time": h.val_time}
+        return train_student(s_cfg, teacher, train_ids, cfg, alpha, val_batches, cache)
 
     lr_sweep = {}
     if args.lr_sweep:

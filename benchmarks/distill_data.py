@@ -27,12 +27,11 @@ from dataclasses import asdict, replace
 
 import torch
 from common import results_dir
-from distill import mean_std
+from distill import mean_std, train_student
 
-from slm_lab.distill import ALPHA, TEMPERATURE, distill, student_config, student_train_config
+from slm_lab.distill import ALPHA, TEMPERATURE, student_config, student_train_config
 from slm_lab.evaluate import fixed_batches, mean_loss
 from slm_lab.model import SLM
-from slm_lab.settings import seed_everything
 from slm_lab.train import prepare_char_data, pretrained
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}     # Student's t, two-sided 95%, by degrees of freedom
@@ -70,11 +69,7 @@ def main(argv=None):
 
     def run(data: torch.Tensor, seed: int, alpha: float, n: int) -> dict:
         cfg = replace(base, seed=seed, max_steps=n, eval_interval=max(1, n // 20))
-        seed_everything(seed)
-        h = distill(SLM(s_cfg), teacher if alpha else None, data, None, cfg, TEMPERATURE, alpha,
-                    val_batches=val_batches, progress=False)
-        return {"val_loss": h.val_loss[-1], "best_val_loss": min(h.val_loss), "seconds": h.train_time[-1],
-                "val_steps": h.val_steps, "val_curve": h.val_loss}
+        return train_student(s_cfg, teacher if alpha else None, data, cfg, alpha, val_batches)
 
     results = {}
     for fraction in args.fractions:

@@ -77,8 +77,9 @@ def main(argv=None):
     models = {"course small": pretrained("small", progress=False).model.eval(), card.name: real}
     bandwidth: list[float] = []
 
-    def probe(threads: int) -> None:
-        torch.set_num_threads(threads)
+    def probe() -> None:
+        """Read bandwidth on the 135M model's weights, always at 2 threads: one figure for every row."""
+        torch.set_num_threads(2)
         bandwidth.extend(latency.weight_read_bandwidth(real, repeats=3))
 
     rows, checks = [], {}
@@ -88,14 +89,14 @@ def main(argv=None):
                         "int4": parity(vs["int4 teaching"], vs["int4 packed"], model.cfg.vocab_size),
                         "packed_layers": {k: packed_layers(vs[f"{k} packed"]) for k in ("int8", "int4")}}
         for threads in (1, 2):
-            probe(2)                                   # bandwidth at the run's thread count, between rows
+            probe()                                    # between rows
             torch.set_num_threads(threads)
             for kind, m in vs.items():
                 tps = latency.time_decode(m, prompt, new, repeats=repeats)
                 rows.append({"model": name, "threads": threads, "kind": kind, "decode_tokens_per_s": tps,
                              "read_mb": latency.decode_read_bytes(m) / 1e6})
                 print(f"  {name}, {threads} thread(s), {kind}: {tps:.1f} tok/s", file=sys.stderr)
-    probe(2)
+    probe()
     bw = statistics.median(bandwidth)
     for r in rows:
         base = next(x for x in rows if x["model"] == r["model"] and x["threads"] == r["threads"] and x["kind"] == "fp32")
