@@ -55,6 +55,20 @@ def test_offline_and_missing_models_get_one_line(tmp_path, monkeypatch):
         hub.load_causal_lm(tmp_path, "internet")
 
 
+def test_a_notebooks_real_slm_section_skips_in_one_line_offline(tmp_path, monkeypatch, capsys):
+    from slm_lab import real_slm
+
+    monkeypatch.setenv("SLM_LAB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert real_slm.load_or_skip() is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("offline:") and real_slm.REPO in out
+    vocab = {w: i for i, w in enumerate("<unk> the fox".split())}
+    save_tiny_llama(tmp_path / "m", 0, vocab)
+    model, _ = real_slm.load_or_skip(tmp_path / "m")
+    assert model.cfg.n_layer == 2 and capsys.readouterr().out == ""
+
+
 def test_a_real_checkpoint_runs_module_05s_report_offline(tmp_path, monkeypatch):
     """The path notebook 05 takes with a network, on a saved random-weight Llama: same logits as the
     transformers model, batches cut from a text, every format's loss near fp32's and fewer bytes."""
@@ -78,3 +92,29 @@ def test_a_real_checkpoint_runs_module_05s_report_offline(tmp_path, monkeypatch)
         assert rows[name]["bytes"] < 0.5 * rows["fp32"]["bytes"] and rows[name]["decode_tokens_per_s"] > 0
     assert len(report["outliers"]) == 3 and all(r >= 1.0 for _, r in report["outliers"])
     assert real_slm.token_batches(tok, "the fox", n=3, length=16) == []           # too short: no window
+
+
+def test_a_real_checkpoint_runs_module_06s_and_08s_reports_offline(tmp_path, monkeypatch):
+    """Notebooks 06 and 08 with a network, on a saved random-weight Llama: a structured cut removes exactly
+    the parameters of the heads and neurons it drops, and the ONNX exports compute PyTorch's logits."""
+    pytest.importorskip("onnxruntime")
+    from slm_lab import real_slm
+
+    monkeypatch.setenv("SLM_LAB_OFFLINE", "1")
+    vocab = {w: i for i, w in enumerate("<unk> the a fox dog jumps over lazy brown quick".split())}
+    save_tiny_llama(tmp_path / "m", 0, vocab)
+    model, tok = real_slm.load_slm(tmp_path / "m", "local")
+    batches = real_slm.token_batches(tok, " ".join(["the quick brown fox jumps over the lazy dog"] * 20), n=2, length=16)
+    rows = real_slm.pruning_report(model, batches, [(1, 32)], decode_tokens=4, repeats=1)
+    # d_model 32, head_dim 8: per layer q/o lose 2 heads (2·16·32), k/v one group (2·8·32), the MLP 32 neurons (3·32·32)
+    removed = 2 * (2 * 16 * 32 + 2 * 8 * 32 + 3 * 32 * 32)
+    assert rows["unpruned"]["params"] - rows["1 kv heads, d_ff 32"]["params"] == removed
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
+    deploy = real_slm.deployment_report(model, batches, tmp_path / "onnx", decode_tokens=4, repeats=1)
+    assert set(deploy) == {"pytorch fp32", "onnx fp32", "onnx int8 per channel", "onnx int8 per tensor",
+                           "onnx int4 symmetric", "onnx int4 zero-points"}
+    assert deploy["onnx fp32"]["max_logit_diff"] < 1e-4
+    assert abs(deploy["onnx fp32"]["loss"] - deploy["pytorch fp32"]["loss"]) < 1e-4
+    for name, r in deploy.items():
+        assert abs(r["loss"] - deploy["pytorch fp32"]["loss"]) < 0.05 * deploy["pytorch fp32"]["loss"], name
+        assert r["decode_tokens_per_s"] > 0 and r["file_mb"] > 0
