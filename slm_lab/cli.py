@@ -18,6 +18,42 @@ def _positive(value, flag: str) -> None:
 
 
 def _train(args) -> int:
+    from . import distributed
+    from .checkpoint import check_out_dir
+
+    _positive(args.steps, "--steps")
+    _positive(args.threads, "--threads")
+    if args.resume and not args.out:
+        raise SLMLabError("--resume needs --out, the directory of the run to continue.")
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        distributed.check_nproc(args.nproc, args.device)
+        if args.nproc > 1:                         # start the ranks; each runs this command without --nproc
+            if args.out:
+                check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+            return distributed.launch(args.nproc, _train_argv(args))
+    dist_device = distributed.init(args.device) if distributed.launched_by_torchrun() else None
+    try:
+        if not distributed.is_main():              # only rank 0 talks; the others train quietly
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                return _train_run(args, dist_device)
+        return _train_run(args, dist_device)
+    finally:
+        distributed.shutdown()
+
+
+def _train_argv(args) -> list[str]:
+    """The `slm-lab train` flags of args, for the ranks torchrun starts (no --nproc)."""
+    argv = []
+    for flag in ("preset", "out", "corpus", "steps", "threads", "device"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    return argv + [f"--{flag}" for flag in ("resume", "overwrite") if getattr(args, flag)]
+
+
+def _train_run(args, dist_device) -> int:
     import json
     from pathlib import Path
 
@@ -25,10 +61,6 @@ def _train(args) -> int:
     from .settings import is_smoke, resolve_device, set_threads
     from .train import get_preset, preset_train_config, train_preset
 
-    _positive(args.steps, "--steps")
-    _positive(args.threads, "--threads")
-    if args.resume and not args.out:
-        raise SLMLabError("--resume needs --out, the directory of the run to continue.")
     preset, corpus, meta = args.preset, args.corpus, {}
     if args.out:                                   # before any training: a run that cannot be saved is refused
         check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
@@ -40,8 +72,9 @@ def _train(args) -> int:
         preset, corpus = preset or meta.get("preset"), corpus or meta.get("corpus")
     preset, corpus = preset or "tiny", corpus or "shakespeare"
     get_preset(preset)                             # fail fast on a bad name, before loading data
-    dev = resolve_device(args.device)
-    set_threads(args.threads)
+    dev = dist_device or resolve_device(args.device)
+    if dist_device is None or args.threads:        # a rank already has its share of the cores
+        set_threads(args.threads)
     overrides = {"max_steps": args.steps} if args.steps else {}
     if args.resume and not args.steps and meta.get("train_config", {}).get("max_steps"):
         overrides["max_steps"] = meta["train_config"]["max_steps"]
@@ -51,13 +84,18 @@ def _train(args) -> int:
         how = f"as asked (the smoke profile alone trains {cut})" if "max_steps" in overrides else \
             "cut short for tests (unset SLM_LAB_PROFILE or set it to full for the real run)"
         print(f"profile smoke: {preset} trains {steps} steps, {how}.")
-    print(f"training {preset} on {corpus} for {steps} steps on {dev}"
+    from .distributed import rank, world_size
+
+    ranks = f" × {world_size()} processes" if world_size() > 1 else ""
+    print(f"training {preset} on {corpus} for {steps} steps on {dev}{ranks}"
           + (f", resuming {args.out}" if args.resume else ""))
     try:
         model, tok, hist = train_preset(preset, out_dir=args.out, corpus=corpus, device=dev,
                                         resume=args.resume, **overrides)
     except KeyboardInterrupt:                      # train() has said what was saved and how to resume
         return 130
+    if world_size() > 1 and rank() != 0:
+        return 0                                   # rank 0 reports and samples
     if hist.val_loss:
         print(f"val loss {hist.val_loss[-1]:.4f} after {hist.steps[-1] + 1} steps "
               f"({hist.train_time[-1]:.0f} s, {hist.tokens_per_second:,.0f} tokens/s)")
@@ -115,6 +153,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu | cuda | mps (default: SLM_LAB_DEVICE, else the best there is)")
     t.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (torchrun; one per GPU, else per CPU core)")
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")

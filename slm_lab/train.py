@@ -20,6 +20,16 @@ import torch
 
 from .checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from .data import encode_corpus, get_batch, load_corpus, step_generator, train_val_split
+from .distributed import (
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    is_main,
+    mean_over_ranks,
+    rank,
+    rank_micro_batches,
+    world_size,
+)
 from .errors import SLMLabError
 from .evaluate import fixed_batches, mean_loss
 from .model import SLM, SLMConfig
@@ -173,14 +183,19 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor | None, c
     loss_fn(model, x, y, step, micro): the loss of one micro-batch x, y (B, T) to minimise (default: the
     model's cross-entropy; slm_lab.distill passes the distillation loss). Validation always uses cross-entropy.
     resume: continue from out_dir's last checkpoint (same config), mid-run or finished.
+    Under torchrun (`slm_lab.distributed`), each of the N ranks draws its own cfg.grad_accum micro-batches,
+    gradients are averaged over the ranks, and only rank 0 validates, shows progress and saves: the run
+    equals one process with grad_accum N·cfg.grad_accum.
     """
     device = resolve_device(device)
     model.to(device)
     block = cfg.block_size or model.cfg.block_size
     optimizer = make_optimizer(model, cfg)
-    history, start = History(tokens_per_step=cfg.batch_size * cfg.grad_accum * block), 0
+    n_ranks, micro_batches = world_size(), rank_micro_batches(rank(), cfg.grad_accum)
+    history, start = History(tokens_per_step=cfg.batch_size * cfg.grad_accum * block * n_ranks), 0
     if resume:
         history, start = _resume(out_dir, model, optimizer, cfg)
+    broadcast_parameters(model)
     if val_batches is None:
         if val_data is None:
             raise SLMLabError("train() needs val_data or val_batches to validate on; pass one of them.")
@@ -189,14 +204,16 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor | None, c
     def save(done: int) -> None:
         if out_dir is None:
             return
-        final = {"val_loss": history.val_loss[-1] if history.val_loss else None, "steps": done,
-                 "complete": done >= cfg.max_steps}
-        save_checkpoint(out_dir, model, tokenizer, {**(meta or {}), **final, "train_config": recipe(cfg)},
-                        _trainer_state(optimizer, done, history, cfg))
+        if is_main():                  # one writer: N ranks writing the same files would race
+            final = {"val_loss": history.val_loss[-1] if history.val_loss else None, "steps": done,
+                     "complete": done >= cfg.max_steps}
+            save_checkpoint(out_dir, model, tokenizer, {**(meta or {}), **final, "train_config": recipe(cfg)},
+                            _trainer_state(optimizer, done, history, cfg))
+        barrier()
 
     elapsed = history.train_time[-1] if history.train_time else 0.0
     model.train()
-    bar = progress_bar(range(start, cfg.max_steps), progress, start, cfg.max_steps)
+    bar = progress_bar(range(start, cfg.max_steps), progress and is_main(), start, cfg.max_steps)
     with _DeferredInterrupt() as interrupt:
         for step in bar:
             t0 = time.perf_counter()
@@ -204,12 +221,16 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor | None, c
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = get_batch(train_data, cfg.batch_size, block, step_generator(cfg.seed, step, micro), device)
+            for micro, index in enumerate(micro_batches):                  # this rank's own micro-batches
+                gen = step_generator(cfg.seed, step, index)
+                x, y = get_batch(train_data, cfg.batch_size, block, gen, device)
                 with autocast(device):
                     loss = (loss_fn(model, x, y, step, micro) if loss_fn else model(x, y).loss) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
+            if n_ranks > 1:
+                average_gradients(model.parameters(), n_ranks)
+                loss_sum = mean_over_ranks(loss_sum)
             if not math.isfinite(loss_sum):
                 raise SLMLabError(f"the loss became {loss_sum} at step {step}; lower the learning rate (now {lr:.2e}).")
             if cfg.grad_clip > 0:
@@ -222,7 +243,7 @@ def train(model: SLM, train_data: torch.Tensor, val_data: torch.Tensor | None, c
             history.lr.append(lr)
             history.train_time.append(elapsed)
             done = step + 1
-            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+            if (done % cfg.eval_interval == 0 or done == cfg.max_steps) and is_main():
                 history.val_steps.append(done)
                 history.val_loss.append(mean_loss(model, val_batches))
                 history.val_time.append(elapsed)
@@ -374,3 +395,10 @@ def pretrained(name: str = "small", corpus: str = "shakespeare", progress: bool 
             resume = (path / "trainer_state.pt").is_file()
     train_preset(name, out_dir=path, corpus=corpus, progress=progress, resume=resume)
     return load_checkpoint(path)
+
+
+if __name__ == "__main__":      # `torchrun -m slm_lab.train ...`: every rank runs `slm-lab train ...`
+    import sys
+
+    from .cli import main
+    raise SystemExit(main(["train", *sys.argv[1:]]))
