@@ -23,7 +23,8 @@ if not torch.cuda.is_available():
 import slm_lab.checks  # noqa: E402
 from slm_lab import cascade, chat, distill, kernels, latency, lora, prune, quantize, sizing, speculative, task_eval, tokenizer  # noqa: E402,E501
 from slm_lab import model as slm_model  # noqa: E402
-from slm_lab.checks import m00, m01, m02, m03, m04, m05, m06, m07, m08, m09, m10, m11  # noqa: E402
+from slm_lab import distributed, scaling, train_memory  # noqa: E402
+from slm_lab.checks import m00, m01, m02, m03, m04, m05, m06, m07, m08, m09, m10, m11, m12  # noqa: E402
 
 
 def lab_check_modules():
@@ -189,6 +190,14 @@ RUNS = {
     "m10.check_score_choices": lambda: m10.check_score_choices(task_eval.choice_logprobs),
     "m11.check_accept_draft": lambda: m11.check_accept_draft(speculative.accept_draft),
     "m11.check_choose_threshold": lambda: m11.check_choose_threshold(cascade.choose_threshold),
+    "m12.check_optimal_size": lambda: m12.check_optimal_size(lambda n, loss: scaling.fit_valley(n, loss)[0]),
+    # The lab's all-reduce takes every rank's gradients at once; the package's runs inside each rank over
+    # torch.distributed, so the adapter is the collective's definition (the check's reference too).
+    "m12.check_all_reduce_mean": lambda: m12.check_all_reduce_mean(
+        lambda g: [{k: torch.stack([r[k] for r in g]).mean(0) for k in g[0]} for _ in g]),
+    "m12.check_micro_batches": lambda: m12.check_micro_batches(
+        lambda r, w, a: distributed.rank_micro_batches(r, a)),
+    "m12.check_zero_bytes": lambda: m12.check_zero_bytes(train_memory.zero_bytes_per_device),
 }
 
 
@@ -207,7 +216,8 @@ def test_every_entry_is_a_check():
 # Checks whose task the package has no implementation of to refuse (the lab's step and report functions are
 # the tests' own adapters above), or whose package kernel is a Triton JIT object (not a Python function).
 NOTHING_TO_REFUSE = {"m00.check_answer", "m00.check_fits", "m02.check_train_step", "m04.check_distill_step",
-                     "m02.check_heads", "m02.check_append_kv", "m08.check_report", "m09.check_triton_kernel"}
+                     "m02.check_heads", "m02.check_append_kv", "m08.check_report", "m09.check_triton_kernel",
+                     "m12.check_all_reduce_mean"}
 
 
 @pytest.mark.forbidding
