@@ -51,15 +51,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="budgets 10x smaller (a check that the script runs)")
     ap.add_argument("--budget", type=int, default=None, help="rerun only this budget index (not stored)")
+    ap.add_argument("--budgets", type=float, nargs="+", default=None,
+                    help="other budgets in 6ND FLOPs (e.g. 1e12 3e12 9e12 2.7e13), one per shape window")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    budgets = tuple(c / 10 for c in scaling.BUDGETS) if args.quick else scaling.BUDGETS
+    budgets = tuple(c / 10 for c in scaling.BUDGETS) if args.quick else tuple(args.budgets or scaling.BUDGETS)
+    if len(budgets) > len(scaling.SHAPES) - scaling.SIZES_PER_BUDGET + 1:
+        raise SystemExit(f"{len(budgets)} budgets need more shapes than slm_lab.scaling.SHAPES has; give at most "
+                         f"{len(scaling.SHAPES) - scaling.SIZES_PER_BUDGET + 1}, or add shapes.")
     if args.budget is not None and not 0 <= args.budget < len(budgets):
         raise SystemExit(f"--budget {args.budget} is not a budget index; use 0 to {len(budgets) - 1}.")
     tok, train_ids, val_ids = prepare_char_data("shakespeare")
     t0 = time.perf_counter()
-    runs = scaling.run_sweep(train_ids, val_ids, tok.vocab_size, budgets,
-                             None if args.budget is None else [args.budget], progress=True)
+    try:
+        runs = scaling.run_sweep(train_ids, val_ids, tok.vocab_size, budgets,
+                                 None if args.budget is None else [args.budget], progress=True)
+    except SLMLabError as exc:            # e.g. a budget too small for a model: one line, not a traceback
+        raise SystemExit(f"scaling.py: {exc}") from None
     wall = time.perf_counter() - t0
     print(f"{'budget':>9} {'shape':>12} {'params':>9} {'tokens':>11} {'D/N':>6} {'val loss':>9} {'s':>6}")
     for r in runs:

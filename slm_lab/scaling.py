@@ -115,6 +115,8 @@ def run_sweep(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, b
     val = validation_batches(val_ids)
     indices = range(len(budgets)) if budget_indices is None else budget_indices
     jobs = [(budgets[i], s) for i in indices for s in budget_shapes(i)]
+    for c, s in jobs:                     # every budget checked before the first run trains
+        steps_for_budget(shape_config(s, vocab_size), c)
     if progress:
         from tqdm.auto import tqdm
         jobs = tqdm(jobs, desc="IsoFLOP sweep")

@@ -109,3 +109,12 @@ def test_steps_for_budget_and_a_budget_too_small():
 def test_runs_survive_json():
     runs = runs_from_surface(CHINCHILLA, [1e18], [1e8, 2e8, 4e8])
     assert scaling.runs_from_json(scaling.runs_to_json(runs)) == runs
+
+
+def test_a_sweep_with_a_budget_too_small_stops_before_training_anything(monkeypatch):
+    trained = []
+    monkeypatch.setattr(scaling, "train_point", lambda *a, **k: trained.append(a))
+    data = torch.randint(0, 84, (20_000,))
+    with pytest.raises(SLMLabError, match="buys only"):          # the first shape could train, the second not
+        scaling.run_sweep(data, data, 84, budgets=(1e10,), progress=False)
+    assert trained == []
