@@ -267,3 +267,23 @@ def test_triton_compiled_autotuned_bf16_on_gpu():
         out, _ = triton_mod_fn(q, k, v, causal=causal)        # autotuned tiles
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
+    """Colab's free T4 (compute capability 7.5) has no bfloat16 in Triton: the launch says so and what to use;
+    Ampere (8.0) and the interpreter are fine."""
+    from slm_lab.kernels import triton_flash
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert not triton_flash.bf16_supported()
+    q = torch.zeros(1, 1, 32, 32, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    with pytest.raises(SLMLabError, match=r"compute capability 7\.5\) has no bfloat16 in Triton; use float16"):
+        triton_flash._check_launch(q, q, q, None, None, "triton_attention")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert triton_flash.bf16_supported()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert triton_flash.bf16_supported()

@@ -22,7 +22,7 @@ from .tiled import (
 )
 
 _LAZY = {name: "triton_flash" for name in ("triton_attention", "launch", "attn_fwd_kernel", "triton_available",
-                                            "interpreting")}
+                                            "interpreting", "bf16_supported")}
 
 __all__ = ["naive_attention", "attention_scores", "tiled_attention", "tiled_attention_backward",
            "flash_attention", "softmax_stats", "merge_softmax_stats", "tile_schedule", "causal_mask", "check_qkv",

@@ -50,6 +50,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+BF16_CAPABILITY = (8, 0)    # Ampere: the first GPUs whose tensor cores (and so Triton's tl.dot) take bfloat16
+
+
+def bf16_supported(device: torch.device | str | None = None) -> bool:
+    """Whether the kernel can run in bfloat16 here: under the interpreter (which upcasts), or on a GPU of compute
+    capability 8.0 or newer. Colab's free T4 (capability 7.5) has no bfloat16 in Triton: use float16 there."""
+    if interpreting() or not torch.cuda.is_available():
+        return True
+    return torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
+
+
 if triton is not None:
     @triton.jit
     def _attend_tiles(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, N, qk_scale, lo, hi,
@@ -242,6 +253,10 @@ def _check_launch(q, k, v, block_m, block_n, what):
     if q.device.type != "cuda" and not interpreting():
         raise SLMLabError(f"{what}: the tensors are on {q.device} but the Triton interpreter is off; set "
                           "TRITON_INTERPRET=1 before the kernel is defined (restart, set it, then import) or use a GPU.")
+    if q.dtype == torch.bfloat16 and not bf16_supported(q.device):
+        major, minor = torch.cuda.get_device_capability(q.device)
+        raise SLMLabError(f"{what}: this GPU (compute capability {major}.{minor}) has no bfloat16 in Triton; "
+                          "use float16 or float32 (bf16 needs 8.0, Ampere or newer).")
 
 
 def launch(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
