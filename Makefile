@@ -11,7 +11,7 @@ ROOT_FLAG  := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 PORT       ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint setup doctor labs slides clean
+.PHONY: lab test test-colab lint setup doctor labs slides clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every lecture and solved lab the way Colab runs them: a fresh environment with Colab's ipywidgets 7.7 and a
+# kept torch, the package installed by the setup cell, each notebook alone in an empty folder (tests/test_colab.py;
+# `make test` runs a subset of four).
+test-colab: $(STAMP)
+	SLM_LAB_COLAB_ALL=1 $(BIN)/python -m pytest tests/test_colab.py $(PYTEST_ARGS)
 
 # The same two checks tests/test_lint.py runs inside `make test`; rules and options live in pyproject.toml.
 lint: $(STAMP)

@@ -36,15 +36,74 @@ def badge_markdown(relpath: str | Path) -> str:
     return f"[![Open In Colab]({BADGE_IMG})]({colab_url(relpath)})"
 
 
+INSTALL_ENV = "SLM_LAB_INSTALL"     # overrides the pip spec the setup cell installs (tests: the local clone)
+DRIVE = "/content/drive/MyDrive"
+EXTRA_MODULES = {"deploy": ("onnx", "onnxruntime", "onnxscript"), "lora": ("peft",), "kernels": ("triton",)}
+
+
+def install_spec(extras: str = "") -> str:
+    """What the setup cell pip-installs in Colab: the package from REPO_SLUG's BRANCH, with extras."""
+    return f"slm_lab{f'[{extras}]' if extras else ''} @ git+https://github.com/{REPO_SLUG}@{BRANCH}"
+
+
 def setup_source(extras: str = "") -> str:
-    spec = f"slm_lab{f'[{extras}]' if extras else ''} @ git+https://github.com/{REPO_SLUG}@{BRANCH}"
+    """The setup cell. In Colab (google.colab imported) it installs the package unless this session already has
+    it (and the extras' modules), keeping Colab's own torch (a constraint pins the installed version); fails with
+    one line when pip does; turns on Colab's widget manager; keeps the course cache on Google Drive when Drive
+    is mounted; and says what will take long. Elsewhere it does nothing. It imports nothing from slm_lab: it
+    runs before the package is there."""
+    needed = ("slm_lab",) + tuple(m for e in extras.split(",") if e for m in EXTRA_MODULES.get(e.strip(), ()))
     return "\n".join([
         SETUP_MARK,
         "import sys",
         'if "google.colab" in sys.modules:',
-        "    import subprocess",
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)',
+        "    import importlib.util, os, subprocess",
+        "    import torch",
+        f'    spec = os.environ.get("{INSTALL_ENV}", "{install_spec(extras)}")  # address: slm_lab/course/notebooks.py',
+        f"    if any(importlib.util.find_spec(m) is None for m in {needed!r}):   # once per session",
+        '        with open("/tmp/slm_lab_keep_torch.txt", "w") as keep:   # never replace Colab\'s own torch',
+        '            keep.write(f"torch=={torch.__version__}\\n")',
+        '        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", keep.name, spec],',
+        "                              capture_output=True, text=True)",
+        "        if done.returncode != 0:",
+        '            raise SystemExit(f"could not install the course package ({spec}): "',
+        '                             f"{(done.stderr.strip().splitlines() or [\'pip failed\'])[-1]}")',
+        "    from google.colab import output",
+        "    output.enable_custom_widget_manager()   # the notebooks' sliders render with Colab's ipywidgets",
+        f'    if os.path.isdir("{DRIVE}"):   # Drive is mounted: trained models outlive the session',
+        f'        os.environ.setdefault("SLM_LAB_CACHE", "{DRIVE}/slm_lab_cache")',
+        '    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None',
+        '    print(f"slm_lab is ready; it trains on {gpu or \'the CPU (for a GPU: Runtime > Change runtime type)\'}.")',
+        '    if "SLM_LAB_CACHE" in os.environ:',
+        '        print(f"Trained models are cached in {os.environ[\'SLM_LAB_CACHE\']}, which outlives this session.")',
+        "    else:",
+        '        print("Colab deletes its files when the session ends, and with them the models the course trains: "',
+        '              "modules 04-12 then train module 02\'s model again first (minutes). To keep them, mount Drive "',
+        "              \"(from google.colab import drive; drive.mount('/content/drive')) and run this cell again.\")",
     ])
+
+
+def setup_extras(source: str) -> str:
+    """The extras a setup cell installs ('deploy', 'lora', '' for none), read from its pip spec."""
+    m = re.search(r"slm_lab\[([\w,]+)\]", source)
+    return m.group(1) if m else ""
+
+
+def restamp_setup(root: Path = ROOT) -> list[Path]:
+    """Rewrite every lecture's, solved lab's and lab's Colab badge and setup cell (after REPO_SLUG, BRANCH or
+    setup_source changed); outputs are kept, since outside Colab the cell does nothing. Returns the
+    notebooks changed."""
+    changed = []
+    for path in [*executed_notebooks(root), *sorted((root / "labs").glob("*.ipynb"))]:
+        nb = nbformat.read(path, as_version=4)
+        cell = nb.cells[1]
+        new = setup_source(setup_extras(cell.source))
+        badge = stamp(nb, path.relative_to(root))
+        if cell.source != new or badge:
+            cell.source = new
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
 
 
 def stamp(nb, relpath: str | Path) -> bool:
