@@ -18,11 +18,13 @@ import sys
 import time
 
 import torch
-from common import results_dir
+from common import COMMITTED, results_dir
 
 from slm_lab import scaling
 from slm_lab.errors import SLMLabError
 from slm_lab.train import prepare_char_data
+
+PACKAGE_COPY = scaling.STORED_SWEEP
 
 
 def fits(runs: list[scaling.Run]) -> dict:
@@ -101,6 +103,9 @@ def main() -> None:
     path = results_dir(args.quick) / "scaling.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+    if path.parent.resolve() == COMMITTED.resolve():   # the copy notebook 12 replays where there is no repository
+        PACKAGE_COPY.write_text(path.read_text())
+        print(f"wrote {PACKAGE_COPY}")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,11 @@ def test_a_sweep_with_a_budget_too_small_stops_before_training_anything(monkeypa
     with pytest.raises(SLMLabError, match="buys only"):          # the first shape could train, the second not
         scaling.run_sweep(data, data, 84, budgets=(1e10,), progress=False)
     assert trained == []
+
+
+def test_the_packaged_sweep_is_the_benchmarks_stored_one():
+    """Notebook 12 replays slm_lab/results/scaling.json where the repository is not there (Colab): it must be
+    benchmarks/results/scaling.json byte for byte (benchmarks/scaling.py writes both)."""
+    from slm_lab.course.notebooks import ROOT
+
+    assert scaling.STORED_SWEEP.read_bytes() == (ROOT / "benchmarks" / "results" / "scaling.json").read_bytes()
